@@ -1,0 +1,52 @@
+"""`fhir-server` command line: serve (what `make run` runs)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from fhir_server.config import Settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = Settings()
+    host = args.host or settings.host
+    port = args.port or settings.port
+    workers = args.workers or settings.workers
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.auth == "off":
+        logging.getLogger("fhir_server").warning(
+            "FHIR_AUTH=off: the API is open to anyone who can reach %s:%s", host, port
+        )
+    print(f"Serving FHIR R4 at {settings.fhir_base} (database: {settings.database_url}, workers: {workers})",
+          flush=True)
+    uvicorn.run(
+        "fhir_server.app:app_factory",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        proxy_headers=False,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fhir-server", description="FHIR R4 server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the FHIR API (settings from FHIR_* environment variables)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    serve.set_defaults(func=_serve)
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

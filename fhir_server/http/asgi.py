@@ -1,0 +1,126 @@
+"""The FHIR REST surface as a plain ASGI application.
+
+It sits below FastAPI's routing on purpose: measured, FastAPI's per-request machinery costs more
+than the whole read of a stored resource.  Every failure leaves through ``_error_response`` as an
+OperationOutcome in the negotiated format; no traceback ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import parse_qsl
+
+import anyio
+import anyio.to_thread
+
+from fhir_server.errors import FhirError, OutcomeIssue, operation_outcome
+from fhir_server.http.negotiation import DEFAULT_FORMAT, OutFormat, choose_format, render_dict
+from fhir_server.http.request import FhirRequest
+from fhir_server.http.router import resolve
+from fhir_server.interactions.common import Context, FhirResponse
+from fhir_server.storage.base import BackendUnavailable
+
+log = logging.getLogger("fhir_server.http")
+
+_BODY_METHODS = {"POST", "PUT", "PATCH"}
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class FhirAsgiApp:
+    def __init__(self, ctx: Context, prefix: str = "/fhir") -> None:
+        self.ctx = ctx
+        self.prefix = prefix
+        self.limiter = anyio.CapacityLimiter(max(4, ctx.settings.db_pool_size * 2))
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        fmt = DEFAULT_FORMAT
+        try:
+            headers: dict[str, str] = {}
+            for k, v in scope["headers"]:
+                name = k.decode("latin-1").lower()
+                value = v.decode("latin-1")
+                headers[name] = f"{headers[name]}, {value}" if name in headers else value
+            qs = scope.get("query_string", b"")
+            query = parse_qsl(qs.decode("latin-1"), keep_blank_values=True) if qs else []
+            fmt = self._format(query, headers)
+            method = scope["method"]
+            rest = scope["path"][len(self.prefix):].strip("/")
+            segments = rest.split("/") if rest else []
+            route = resolve(method, segments)
+            body = await self._read_body(receive, headers) if method in _BODY_METHODS else b""
+            req = FhirRequest(method, segments, query, headers, body, self.ctx.base, fmt)
+            if route.reads_only and self.ctx.backend.fast_reads:
+                resp = route.handler(self.ctx, req, *route.args)
+            else:
+                resp = await anyio.to_thread.run_sync(
+                    lambda: route.handler(self.ctx, req, *route.args), limiter=self.limiter
+                )
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an OperationOutcome
+            resp = _error_response(exc, fmt)
+        await _send(send, resp)
+
+    @staticmethod
+    def _format(query: list[tuple[str, str]], headers: dict[str, str]) -> OutFormat:
+        fmt_param = pretty = None
+        for k, v in query:
+            if k == "_format":
+                fmt_param = v
+            elif k == "_pretty":
+                pretty = v
+        return choose_format(fmt_param, headers.get("accept"), pretty)
+
+    async def _read_body(self, receive: Any, headers: dict[str, str]) -> bytes:
+        limit = self.ctx.settings.max_body_bytes
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise FhirError(413, f"The request body is larger than the limit of {limit} bytes", code="too-costly")
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise FhirError(400, "The client disconnected before sending the whole body", code="incomplete")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise FhirError(413, f"The request body is larger than the limit of {limit} bytes", code="too-costly")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        return b"".join(chunks)
+
+
+def _error_response(exc: Exception, fmt: OutFormat) -> FhirResponse:
+    if isinstance(exc, FhirError):
+        status, issues, extra = exc.status, exc.issues, exc.headers
+        if status == 406:
+            fmt = DEFAULT_FORMAT  # the client's format is the problem; answer in JSON
+    elif isinstance(exc, BackendUnavailable):
+        log.error("database unavailable: %s", exc)
+        status, extra = 503, {"Retry-After": "5"}
+        issues = [OutcomeIssue("error", "transient", "The database is unavailable; retry later")]
+    else:
+        log.exception("unexpected error")
+        status, extra = 500, {}
+        issues = [OutcomeIssue("fatal", "exception", "Internal server error; the server log has the details")]
+    try:
+        body = render_dict(operation_outcome(issues), fmt)
+    except Exception:  # noqa: BLE001 - never fail while reporting a failure
+        log.exception("rendering an OperationOutcome failed")
+        fmt = DEFAULT_FORMAT
+        body = render_dict(operation_outcome(issues), fmt)
+    return FhirResponse(status, body, fmt.content_type, list(extra.items()))
+
+
+async def _send(send: Any, resp: FhirResponse) -> None:
+    raw: list[tuple[bytes, bytes]] = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers]
+    if resp.content_type is not None:
+        raw.append((b"content-type", resp.content_type.encode("latin-1")))
+    if resp.status != 304:
+        raw.append((b"content-length", str(len(resp.body)).encode()))
+    await send({"type": "http.response.start", "status": resp.status, "headers": raw})
+    await send({"type": "http.response.body", "body": resp.body if resp.status != 304 else b""})

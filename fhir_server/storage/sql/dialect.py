@@ -1,0 +1,103 @@
+"""Everything that differs between SQLite and PostgreSQL, in one place."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import create_engine as sa_create_engine
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.pool import StaticPool
+
+
+def create_engine(url: str, *, pool_size: int, timeout_s: float) -> Engine:
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        database = u.database or ""
+        memory = database in ("", ":memory:") or "mode=memory" in str(u)
+        kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": timeout_s}}
+        if memory:
+            # One shared connection, or every pool connection would see its own empty database.
+            kwargs["poolclass"] = StaticPool
+        else:
+            kwargs["pool_size"] = pool_size
+            kwargs["max_overflow"] = pool_size
+        engine = sa_create_engine(url, **kwargs)
+        _configure_sqlite(engine, memory=memory, busy_ms=int(timeout_s * 1000))
+        return engine
+    engine = sa_create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=timeout_s,
+        connect_args={"connect_timeout": max(1, int(timeout_s))} if u.get_backend_name() == "postgresql" else {},
+    )
+    return engine
+
+
+def _configure_sqlite(engine: Engine, *, memory: bool, busy_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control from the sqlite3 module so BEGIN IMMEDIATE can be issued.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        if not memory:
+            cur.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a process crash (SIGKILL); only an OS crash may lose the tail.
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute(f"PRAGMA busy_timeout={busy_ms}")
+        cur.close()
+
+
+
+class Dialect:
+    """Per-database behaviour used by the SQL backend."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.name = engine.dialect.name
+        self.is_sqlite = self.name == "sqlite"
+        # SQLite allows one writer per database; queueing writers of this process on a lock is
+        # fairer and cheaper than letting them spin in the busy handler.
+        self._write_lock = threading.Lock() if self.is_sqlite else None
+
+    @contextmanager
+    def write_guard(self) -> Iterator[None]:
+        if self._write_lock is None:
+            yield
+            return
+        with self._write_lock:
+            yield
+
+    def begin(self, cursor: Any, *, write: bool) -> None:
+        """Open a transaction on a raw connection.
+
+        SQLite connections run in autocommit mode (isolation_level=None) so that writers can take
+        the write lock up front with BEGIN IMMEDIATE; a deferred upgrade could fail with
+        SQLITE_BUSY that the busy timeout cannot resolve.  psycopg opens transactions implicitly."""
+        if self.is_sqlite:
+            cursor.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def lock_condition(self, cursor: Any, resource_type: str, condition: str) -> None:
+        """Serialise writers that evaluate the same condition (conditional create/update).
+
+        SQLite writers are already serialised by BEGIN IMMEDIATE.  On PostgreSQL a
+        transaction-scoped advisory lock on the condition's hash makes the search-then-insert
+        atomic for every process and every node sharing the database."""
+        if self.is_sqlite:
+            return
+        digest = hashlib.blake2b(f"{resource_type}?{condition}".encode(), digest_size=8).digest()
+        key = int.from_bytes(digest, "big", signed=True)
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+
+    def lock_resource(self, cursor: Any, resource_type: str, id: str) -> None:
+        """Serialise writers of one resource id, including the first create of a client id."""
+        self.lock_condition(cursor, resource_type, "_id=" + id)
+
+    @property
+    def for_update(self) -> bool:
+        return not self.is_sqlite
