@@ -1,4 +1,4 @@
-"""`fhir-server` command line: serve (what `make run` runs)."""
+"""`fhir-server` command line: serve (what `make run` runs), db upgrade|current."""
 
 from __future__ import annotations
 
@@ -21,6 +21,12 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("fhir_server").warning(
             "FHIR_AUTH=off: the API is open to anyone who can reach %s:%s", host, port
         )
+    # Migrate once here, before any worker starts, so workers never race on the schema.
+    from fhir_server.storage.factory import open_backend
+
+    backend = open_backend(settings)
+    backend.start()
+    backend.close()
     print(f"Serving FHIR R4 at {settings.fhir_base} (database: {settings.database_url}, workers: {workers})",
           flush=True)
     uvicorn.run(
@@ -36,6 +42,24 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _db(args: argparse.Namespace) -> int:
+    from fhir_server.storage.factory import open_backend
+    from fhir_server.storage.sql import migrate
+    from fhir_server.storage.sql.backend import SqlBackend
+
+    settings = Settings()
+    backend = open_backend(settings)
+    if not isinstance(backend, SqlBackend):
+        print("this backend has no SQL schema to migrate", file=sys.stderr)
+        return 2
+    if args.action == "upgrade":
+        backend.start()
+    current = migrate.current_revision(backend.engine)
+    print(f"database revision: {current or '(empty)'}; newest: {migrate.head_revision()}")
+    backend.close()
+    return 0 if args.action == "current" or current == migrate.head_revision() else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fhir-server", description="FHIR R4 server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -44,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int)
     serve.add_argument("--workers", type=int)
     serve.set_defaults(func=_serve)
+    db = sub.add_parser("db", help="database schema: upgrade to the newest migration, or show the current one")
+    db.add_argument("action", choices=["upgrade", "current"])
+    db.set_defaults(func=_db)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

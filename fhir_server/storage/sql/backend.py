@@ -30,9 +30,10 @@ from fhir_server.storage.base import (
     WriteOutcome,
     WriteRequest,
 )
+from fhir_server.storage.sql import migrate
 from fhir_server.storage.sql.dialect import Dialect, create_engine
 from fhir_server.storage.sql.runner import SqlRunner
-from fhir_server.storage.sql.schema import INDEX_TABLES, metadata, resource, resource_history
+from fhir_server.storage.sql.schema import INDEX_TABLES, resource, resource_history
 
 # (table kind, row without pid/res_type) pairs for one resource; the search engine supplies it.
 Indexer = Callable[[str, dict[str, Any]], list[tuple[str, dict[str, Any]]]]
@@ -128,12 +129,13 @@ class SqlBackend:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
+        """Create a fresh schema or upgrade an existing one to the newest migration."""
+        from sqlalchemy.exc import OperationalError
+
         try:
-            metadata.create_all(self.engine)
-        except Exception as exc:
-            if isinstance(exc, self.run.OperationalError) or "OperationalError" in type(exc).__name__:
-                raise BackendUnavailable(str(exc)) from exc
-            raise
+            migrate.upgrade(self.engine)
+        except OperationalError as exc:
+            raise BackendUnavailable(str(exc.orig)) from exc
 
     def close(self) -> None:
         self.engine.dispose()
