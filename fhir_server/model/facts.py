@@ -16,6 +16,8 @@ import orjson
 
 # FHIR JSON represents these primitive types as JSON numbers / booleans; every other primitive is a string.
 _JSON_KIND = {"Boolean": "boolean", "Integer": "integer", "Decimal": "decimal"}
+# R4 declares the value of positiveInt and unsignedInt as System.String, yet JSON writes them as numbers.
+_INTEGER_TYPES = {"integer", "positiveInt", "unsignedInt"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +112,7 @@ def _build(raw: dict[str, Any]) -> Facts:
     primitives = {
         name: PrimitiveDef(
             name=name,
-            json_kind=_JSON_KIND.get(p.get("system", "String"), "string"),
+            json_kind="integer" if name in _INTEGER_TYPES else _JSON_KIND.get(p.get("system", "String"), "string"),
             regex=re.compile(p["regex"]) if "regex" in p else None,
         )
         for name, p in raw["primitives"].items()
