@@ -151,3 +151,31 @@ def run_create(settings: Settings, target: Target = Target()) -> LoadResult:
         body = create_body(uuid.uuid4().hex[:8])
         spec = spec_for(settings, server.port, "/fhir/Patient", method="POST", body=body)
         return drive(server, spec, settings)
+
+
+SEARCH_SEED = 200
+SEARCH_PATH = "/fhir/Patient?_lastUpdated=gt2000-01-01&_count=20"
+
+
+def run_search(settings: Settings, target: Target = Target()) -> LoadResult:
+    """A type search that counts its matches (``total``) and returns a 20-entry searchset page.
+
+    The engine here knows only ``_id`` and ``_lastUpdated``; the search issue brings its own
+    workloads.  This one measures Bundle assembly from stored bytes plus a COUNT over the type."""
+    with our_server(target) as server:
+        tag = uuid.uuid4().hex[:8]
+        for i in range(SEARCH_SEED):
+            body = create_body(f"{tag}-seed")(i)
+            conn = http.client.HTTPConnection(HOST, server.port, timeout=30)
+            try:
+                conn.request("POST", "/fhir/Patient", body=body, headers={"Content-Type": MEDIA_TYPE})
+                resp = conn.getresponse()
+                resp.read()
+            finally:
+                conn.close()
+            if resp.status != 201:
+                raise SetupError(f"seeding Patients for the search workload: POST answered {resp.status}")
+        status = _get_status(server.port, SEARCH_PATH)
+        if status != 200:
+            raise SetupError(f"GET {SEARCH_PATH} answered {status}")
+        return drive(server, spec_for(settings, server.port, SEARCH_PATH), settings)

@@ -28,7 +28,7 @@ from bench.baselines import run_bare, run_cap, run_fastapi
 from bench.data import REPO_ROOT, patient_bytes, patient_source
 from bench.drive import Settings
 from bench.loadgen import LoadError, LoadResult
-from bench.rest import SetupError, Target, run_create, run_read, unavailable_reason
+from bench.rest import SetupError, Target, run_create, run_read, run_search, unavailable_reason
 from bench.servers import ServerStartError
 
 RESULTS_PATH = REPO_ROOT / "bench" / "results" / "latest.json"
@@ -51,6 +51,8 @@ LOAD_WORKLOADS: dict[str, LoadWorkload] = {
         LoadWorkload("fastapi", "minimal FastAPI route on uvicorn: GET Patient bytes", run_fastapi, (200,)),
         LoadWorkload("read", "our server: GET /fhir/Patient/{id}", run_read, (200,), needs_our_server=True),
         LoadWorkload("create", "our server: POST /fhir/Patient", run_create, (201,), needs_our_server=True),
+        LoadWorkload("search", "our server: GET /fhir/Patient?_lastUpdated=gt..&_count=20 (200 Patients)",
+                     run_search, (200,), needs_our_server=True),
         *(
             LoadWorkload(
                 f"{kind}-{suffix}", f"our server ({label}): {what}",
@@ -64,6 +66,7 @@ LOAD_WORKLOADS: dict[str, LoadWorkload] = {
             for kind, what, fn, status in (
                 ("read", "GET /fhir/Patient/{id}", run_read, 200),
                 ("create", "POST /fhir/Patient", run_create, 201),
+                ("search", "GET /fhir/Patient?_lastUpdated=gt..&_count=20", run_search, 200),
             )
         ),
     )
@@ -77,8 +80,8 @@ MICRO_PLUGINS: dict[str, str] = {
 
 GROUPS: dict[str, list[str]] = {
     "baselines": ["cap", "bare", "fastapi"],
-    "rest": ["read", "create"],
-    "scaling": ["read", "create", "read-2w", "create-2w", "read-pg", "create-pg", "read-pg-2w", "create-pg-2w"],
+    "rest": ["read", "create", "search"],
+    "scaling": [f"{k}{s}" for s in ("", "-2w", "-pg", "-pg-2w") for k in ("read", "create", "search")],
     "load": list(LOAD_WORKLOADS),
     "micro": list(MICRO_PLUGINS),
 }
@@ -252,7 +255,7 @@ def ratios(run: Run) -> list[dict[str, Any]]:
     ratio("minimal FastAPI / bare ASGI", "fastapi", "bare", note="ARCHITECTURE.md: 9,700/36,000 = 0.27")
     # Scaling: two workers against one, and PostgreSQL against SQLite (the machine has 2 cores,
     # shared with the load generator, so 2 workers can at best approach 2x).
-    for kind in ("read", "create"):
+    for kind in ("read", "create", "search"):
         ratio(f"{kind}: 2 workers / 1 worker (SQLite)", f"{kind}-2w", kind)
         ratio(f"{kind}: PostgreSQL / SQLite (1 worker)", f"{kind}-pg", kind)
         ratio(f"{kind}: 2 workers / 1 worker (PostgreSQL)", f"{kind}-pg-2w", f"{kind}-pg")

@@ -38,6 +38,7 @@ class FhirAsgiApp:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         fmt = DEFAULT_FORMAT
+        head = False
         try:
             headers: dict[str, str] = {}
             for k, v in scope["headers"]:
@@ -48,6 +49,10 @@ class FhirAsgiApp:
             query = parse_qsl(qs.decode("latin-1"), keep_blank_values=True) if qs else []
             fmt = self._format(query, headers)
             method = scope["method"]
+            head = method == "HEAD"
+            if head:
+                # HEAD is GET without the body (RFC 9110 9.3.2): same status and headers.
+                method = "GET"
             rest = scope["path"][len(self.prefix):].strip("/")
             segments = rest.split("/") if rest else []
             route = resolve(method, segments)
@@ -61,7 +66,7 @@ class FhirAsgiApp:
                 )
         except Exception as exc:  # noqa: BLE001 - every failure becomes an OperationOutcome
             resp = _error_response(exc, fmt)
-        await _send(send, resp)
+        await _send(send, resp, head)
 
     @staticmethod
     def _format(query: list[tuple[str, str]], headers: dict[str, str]) -> OutFormat:
@@ -116,11 +121,11 @@ def _error_response(exc: Exception, fmt: OutFormat) -> FhirResponse:
     return FhirResponse(status, body, fmt.content_type, list(extra.items()))
 
 
-async def _send(send: Any, resp: FhirResponse) -> None:
+async def _send(send: Any, resp: FhirResponse, head: bool = False) -> None:
     raw: list[tuple[bytes, bytes]] = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in resp.headers]
     if resp.content_type is not None:
         raw.append((b"content-type", resp.content_type.encode("latin-1")))
     if resp.status != 304:
         raw.append((b"content-length", str(len(resp.body)).encode()))
     await send({"type": "http.response.start", "status": resp.status, "headers": raw})
-    await send({"type": "http.response.body", "body": resp.body if resp.status != 304 else b""})
+    await send({"type": "http.response.body", "body": b"" if head or resp.status == 304 else resp.body})

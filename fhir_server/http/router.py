@@ -18,6 +18,7 @@ from fhir_server.interactions.history import history
 from fhir_server.interactions.read import read, vread
 from fhir_server.interactions.search import search
 from fhir_server.interactions.update import update
+from fhir_server.model.facts import get_facts
 from fhir_server.model.registry import require_served_type
 
 Handler = Callable[..., Any]
@@ -99,6 +100,6 @@ def resolve(method: str, seg: list[str]) -> Route:
         if method == "GET":
             return Route(vread, (head, second, seg[3]), True)
         raise _not_allowed(method, path, "GET")
-    if n == 3 and method == "GET":
+    if n == 3 and method == "GET" and seg[2] in get_facts().resource_types:
         raise _not_implemented(f"Compartment search ({path})")
     raise FhirError(404, f"No FHIR interaction matches {method} {path}", code="not-found")

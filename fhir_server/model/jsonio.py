@@ -37,7 +37,10 @@ def loads(data: bytes | str) -> Any:
         data = bytes(data).decode("utf-8")
     if data[:1] == "\ufeff":
         data = data[1:]
-    return _decoder.decode(data)
+    try:
+        return _decoder.decode(data)
+    except RecursionError:
+        raise ValueError("JSON nesting is too deep") from None
 
 
 def _default(obj: Any) -> Any:

@@ -468,8 +468,10 @@ class Validator:
         self._object(obj, self._type(rt), path, issues)
         if contained:
             self._contained_rules(obj, path, issues)
-        elif type(obj.get("contained")) is list:
-            self._dom3(obj, path, issues)
+        else:
+            if type(obj.get("contained")) is list:
+                self._dom3(obj, path, issues)
+            self._ref1(obj, path, issues)
 
     def _contained_rules(self, obj: dict[str, Any], path: _Path, issues: list[Issue]) -> None:
         if "contained" in obj:
@@ -518,6 +520,20 @@ class Validator:
                     f"and does not reference the container"
                 )
                 _err(issues, "invariant", (path, "contained", i), msg)
+
+    def _ref1(self, obj: dict[str, Any], path: _Path, issues: list[Issue]) -> None:
+        # ref-1: a local reference ('#id') must name a resource contained in this resource; inside a
+        # contained resource '#id' names a sibling, so the container's ids are the scope for both.
+        found: list[tuple[_Path, str]] = []
+        _local_references(obj, path, found, True)
+        if not found:
+            return
+        contained = obj.get("contained")
+        ids = {c.get("id") for c in contained if type(c) is dict} if type(contained) is list else set()
+        for ref_path, value in found:
+            if value[1:] not in ids:
+                msg = f"ref-1: local reference {_short(value)} names no contained resource of this resource"
+                _err(issues, "invariant", ref_path, msg)
 
     def _object(self, obj: dict[str, Any], t: _Type, path: _Path, issues: list[Issue]) -> None:
         if not obj:
@@ -835,6 +851,22 @@ def _collect_local_refs(node: Any, out: set[str], skip_contained: bool, key: str
                 out.add(v)
         elif (type(v) is dict or type(v) is list) and not (skip_contained and k == "contained"):
             _collect_local_refs(v, out, False, k)
+
+
+def _local_references(node: dict[str, Any], path: _Path, out: list[tuple[_Path, str]], root: bool) -> None:
+    # Reference.reference values '#id' (the bare '#' names the container itself and always resolves),
+    # in this resource and its contained ones, not in nested resources that are roots of their own
+    # (Bundle.entry.resource, Parameters.parameter.resource).
+    for k, v in node.items():
+        if k == "reference" and type(v) is str and len(v) > 1 and v[0] == "#":
+            out.append(((path, k, -1), v))
+        elif type(v) is dict:
+            if "resourceType" not in v:
+                _local_references(v, (path, k, -1), out, False)
+        elif type(v) is list:
+            for i, item in enumerate(v):
+                if type(item) is dict and ("resourceType" not in item or (root and k == "contained")):
+                    _local_references(item, (path, k, i), out, False)
 
 
 _default: Validator | None = None

@@ -652,3 +652,22 @@ def test_stricter_than_r4b_where_the_brief_says_r4b_is_lax() -> None:
         obj = make()
         assert not _r4b_rejects(obj)
         assert validate_resource(obj)
+
+
+def test_ref1_local_reference_must_name_a_contained_resource() -> None:
+    org = {"resourceType": "Organization", "id": "org", "name": "x"}
+    loc = {"resourceType": "Location", "id": "loc", "managingOrganization": {"reference": "#org"}}
+    ok = {"resourceType": "Patient", "contained": [org, loc], "managingOrganization": {"reference": "#org"},
+          "generalPractitioner": [{"reference": "#loc"}]}
+    assert [i for i in validate_resource(ok) if i.severity == "error"] == []
+    bad = {"resourceType": "Patient", "managingOrganization": {"reference": "#nope"}}
+    issues = validate_resource(bad)
+    assert [(i.code, i.expression) for i in issues] == [("invariant", "Patient.managingOrganization.reference")]
+    assert "ref-1" in issues[0].diagnostics
+    # '#' alone refers to the container itself; a sibling reference inside a contained resource
+    # that names nothing is still an error, reported where it stands.
+    sibling = {"resourceType": "Patient", "managingOrganization": {"reference": "#org"},
+               "contained": [{**org, "partOf": {"reference": "#ghost"}}]}
+    assert [(i.code, i.expression) for i in validate_resource(sibling)] == [
+        ("invariant", "Patient.contained[0].partOf.reference")
+    ]

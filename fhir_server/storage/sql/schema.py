@@ -40,7 +40,7 @@ resource = Table(
     Column("deleted", Boolean, nullable=False, default=False),
     Column("body", LargeBinary, nullable=True),
     UniqueConstraint("res_type", "res_id", name="uq_resource_type_id"),
-    Index("ix_resource_type_lu", "res_type", "lu_ms"),
+    Index("ix_resource_type_lu", "res_type", "lu_ms", "deleted"),
 )
 
 resource_history = Table(

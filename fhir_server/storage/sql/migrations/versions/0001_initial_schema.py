@@ -108,7 +108,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('res_type', 'res_id', name='uq_resource_type_id')
     )
     with op.batch_alter_table('resource', schema=None) as batch_op:
-        batch_op.create_index('ix_resource_type_lu', ['res_type', 'lu_ms'], unique=False)
+        batch_op.create_index('ix_resource_type_lu', ['res_type', 'lu_ms', 'deleted'], unique=False)
 
     op.create_table('resource_history',
     sa.Column('hid', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
