@@ -17,6 +17,8 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port or settings.port
     workers = args.workers or settings.workers
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Alembic narrates every plugin it loads at INFO; only its warnings matter to an operator.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     if settings.auth == "off":
         logging.getLogger("fhir_server").warning(
             "FHIR_AUTH=off: the API is open to anyone who can reach %s:%s", host, port
