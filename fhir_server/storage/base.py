@@ -108,6 +108,8 @@ class MultipleMatches(Exception):
 class Backend(Protocol):
     # True when reads are quick in-process work (embedded database) that may run on the event loop.
     fast_reads: bool
+    # False when the database admits one writer at a time (SQLite): writes are then queued, not threaded.
+    parallel_writes: bool
 
     def start(self) -> None:
         """Create or upgrade the schema; called once before serving."""

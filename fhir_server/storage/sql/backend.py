@@ -123,6 +123,7 @@ class SqlBackend:
         self.indexer = indexer
         # SQLite reads finish in microseconds without network I/O: cheaper on the event loop than a thread hop.
         self.fast_reads = self.dialect.is_sqlite
+        self.parallel_writes = not self.dialect.is_sqlite
         self._tx = threading.local()
         # An in-memory SQLite database is one shared connection (StaticPool): nothing to detach.
         self._own_readers = self.engine.pool.__class__.__name__ != "StaticPool"
