@@ -76,6 +76,7 @@ LOAD_WORKLOADS: dict[str, LoadWorkload] = {
 MICRO_PLUGINS: dict[str, str] = {
     "model": "bench.model_micro",
     "xml_codec": "bench.xml_codec",
+    "search_latency": "bench.search_latency",
 }
 
 GROUPS: dict[str, list[str]] = {

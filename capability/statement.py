@@ -1,7 +1,8 @@
 """The CapabilityStatement, generated from what the server really does.
 
-Every resource type listed is served, with exactly the interactions and search parameters the
-engine implements; nothing is advertised that the server would refuse.
+Every resource type listed is served, with exactly the interactions it implements and the search
+parameters whose index extraction works (the registry marks the others unsupported, and the
+server refuses them).
 """
 
 from __future__ import annotations
@@ -11,46 +12,46 @@ from typing import Any
 from fhir_server import __version__
 from fhir_server.model.instant import now_instant
 from fhir_server.model.registry import served_types
-from fhir_server.search.parse import COMMON_PARAMS
+from fhir_server.search.registry import SearchParamDef, get_registry
 
 TYPE_INTERACTIONS = ["read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"]
 SYSTEM_INTERACTIONS = ["history-system", "search-system"]
-
-_PARAM_DOCS = {
-    "_id": ("http://hl7.org/fhir/SearchParameter/Resource-id", "Logical id of the resource"),
-    "_lastUpdated": (
-        "http://hl7.org/fhir/SearchParameter/Resource-lastUpdated",
-        "When the resource version last changed (all prefixes; implicit precision ranges)",
-    ),
-}
+COMMON = ("_id", "_lastUpdated", "_tag", "_profile", "_security", "_source")
 
 
-def _search_params() -> list[dict[str, Any]]:
-    out = []
-    for name, ptype in COMMON_PARAMS.items():
-        definition, doc = _PARAM_DOCS[name]
-        out.append({"name": name, "definition": definition, "type": ptype, "documentation": doc})
-    return out
+def _param(p: SearchParamDef) -> dict[str, Any]:
+    return {"name": p.code, "definition": p.url, "type": p.type}
+
+
+def _resource(rt: str) -> dict[str, Any]:
+    params = get_registry().params_for(rt)
+    supported = sorted((p for p in params.values() if p.supported), key=lambda p: p.code)
+    references = [p.code for p in supported if p.type == "reference"]
+    revinclude = sorted(
+        f"{other}:{p.code}"
+        for other in served_types()
+        for p in get_registry().params_for(other).values()
+        if p.supported and p.type == "reference" and (not p.targets or rt in p.targets)
+    )
+    return {
+        "type": rt,
+        "profile": f"http://hl7.org/fhir/StructureDefinition/{rt}",
+        "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
+        "versioning": "versioned",
+        "readHistory": True,
+        "updateCreate": True,
+        "conditionalCreate": True,
+        "conditionalRead": "full-support",
+        "conditionalUpdate": False,
+        "conditionalDelete": "not-supported",
+        "searchInclude": ["*"] + [f"{rt}:{code}" for code in references],
+        "searchRevInclude": revinclude,
+        "searchParam": [_param(p) for p in supported],
+    }
 
 
 def build_capability_statement(base_url: str) -> dict[str, Any]:
-    params = _search_params()
-    resources = [
-        {
-            "type": rt,
-            "profile": f"http://hl7.org/fhir/StructureDefinition/{rt}",
-            "interaction": [{"code": code} for code in TYPE_INTERACTIONS],
-            "versioning": "versioned",
-            "readHistory": True,
-            "updateCreate": True,
-            "conditionalCreate": True,
-            "conditionalRead": "full-support",
-            "conditionalUpdate": False,
-            "conditionalDelete": "not-supported",
-            "searchParam": params,
-        }
-        for rt in served_types()
-    ]
+    common = [_param(p) for code in COMMON if (p := get_registry().get("Patient", code)) is not None and p.supported]
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -64,9 +65,9 @@ def build_capability_statement(base_url: str) -> dict[str, Any]:
         "rest": [
             {
                 "mode": "server",
-                "resource": resources,
+                "resource": [_resource(rt) for rt in served_types()],
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
-                "searchParam": params,
+                "searchParam": common,
             }
         ],
     }

@@ -1,4 +1,4 @@
-"""`fhir-server` command line: serve (what `make run` runs), db upgrade|current."""
+"""`fhir-server` command line: serve (what `make run` runs), db upgrade|current, reindex."""
 
 from __future__ import annotations
 
@@ -62,6 +62,25 @@ def _db(args: argparse.Namespace) -> int:
     return 0 if args.action == "current" or current == migrate.head_revision() else 1
 
 
+def _reindex(args: argparse.Namespace) -> int:
+    import time
+
+    from fhir_server.storage.factory import open_backend
+    from fhir_server.storage.sql.backend import SqlBackend
+
+    backend = open_backend(Settings())
+    if not isinstance(backend, SqlBackend):
+        print("this backend keeps no search index", file=sys.stderr)
+        return 2
+    backend.start()
+    started = time.monotonic()
+    count = backend.reindex(args.type)
+    backend.analyze()
+    print(f"reindexed {count} resources in {time.monotonic() - started:.1f} s")
+    backend.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fhir-server", description="FHIR R4 server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -73,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     db = sub.add_parser("db", help="database schema: upgrade to the newest migration, or show the current one")
     db.add_argument("action", choices=["upgrade", "current"])
     db.set_defaults(func=_db)
+    reindex = sub.add_parser("reindex", help="rebuild search indexes (after the search parameters change)")
+    reindex.add_argument("--type", help="only this resource type")
+    reindex.set_defaults(func=_reindex)
     args = parser.parse_args(argv)
     return int(args.func(args))
 

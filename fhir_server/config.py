@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     default_count: int = 20
     max_count: int = 1000
     history_max_count: int = 1000
+    max_include: int = 1000  # resources one search may add through _include/_revinclude
     xml_max_depth: int = 100
     db_pool_size: int = 8
     db_timeout_seconds: float = 30.0

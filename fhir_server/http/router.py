@@ -16,7 +16,7 @@ from fhir_server.interactions.create import create
 from fhir_server.interactions.delete import delete
 from fhir_server.interactions.history import history
 from fhir_server.interactions.read import read, vread
-from fhir_server.interactions.search import search
+from fhir_server.interactions.search import compartment_search, search
 from fhir_server.interactions.update import update
 from fhir_server.model.facts import get_facts
 from fhir_server.model.registry import require_served_type
@@ -100,6 +100,10 @@ def resolve(method: str, seg: list[str]) -> Route:
         if method == "GET":
             return Route(vread, (head, second, seg[3]), True)
         raise _not_allowed(method, path, "GET")
-    if n == 3 and method == "GET" and seg[2] in get_facts().resource_types:
-        raise _not_implemented(f"Compartment search ({path})")
+    if n == 3 and method == "GET" and (seg[2] in get_facts().resource_types or seg[2] == "*"):
+        if head not in get_facts().compartments:
+            raise FhirError(404, f"{head} is not a compartment", code="not-found")
+        if seg[2] == "*":
+            raise _not_implemented(f"Compartment search across all types ({path})")
+        return Route(compartment_search, (head, second, seg[2]), True)
     raise FhirError(404, f"No FHIR interaction matches {method} {path}", code="not-found")

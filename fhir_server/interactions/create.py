@@ -21,7 +21,8 @@ def create(ctx: Context, req: FhirRequest, resource_type: str) -> FhirResponse:
             raise FhirError(400, "If-None-Exist must hold search parameters, e.g. identifier=system|value",
                             code="invalid")
         # Strict: a criterion the engine cannot evaluate must not silently match everything.
-        condition = parse_search([resource_type], params, default_count=2, max_count=2, strict=True)
+        condition = parse_search([resource_type], params, default_count=2, max_count=2, strict=True,
+                                 base_url=ctx.base)
         if not condition.conditions:
             raise FhirError(400, f"If-None-Exist '{header}' has no search criteria", code="invalid")
     try:

@@ -6,7 +6,7 @@ from urllib.parse import urlencode
 
 
 def page_links(url: str, params: list[tuple[str, str]], cursor: str | None, next_cursor: str | None,
-               fmt_params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+               fmt_params: list[tuple[str, str]], prev_cursor: str | None = None) -> list[tuple[str, str]]:
     base_params = params + fmt_params
 
     def link(c: str | None) -> str:
@@ -16,6 +16,8 @@ def page_links(url: str, params: list[tuple[str, str]], cursor: str | None, next
     links = [("self", link(cursor))]
     if next_cursor:
         links.append(("next", link(next_cursor)))
+    if prev_cursor:
+        links.append(("previous", link(prev_cursor)))
     return links
 
 

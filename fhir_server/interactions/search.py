@@ -1,7 +1,13 @@
-"""search for a type and the whole system (R4 http.html#search), Bundles assembled from stored bytes."""
+"""search for a type, a compartment and the whole system (R4 http.html#search, search.html).
+
+Bundles are assembled from stored bytes; only _summary/_elements cut resources down.  Every
+resource a search returns (matches and includes) passes through ``visible`` first: the one place
+where an access policy filters results.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from fhir_server.errors import FhirError, OutcomeIssue, operation_outcome
@@ -11,9 +17,21 @@ from fhir_server.interactions.common import Context, FhirResponse
 from fhir_server.interactions.paging import format_params, page_links
 from fhir_server.model import jsonio
 from fhir_server.model.bundle import Entry, assemble
+from fhir_server.model.facts import get_facts
 from fhir_server.model.instant import now_instant
-from fhir_server.model.registry import served_types
+from fhir_server.model.registry import require_served_type, served_types
 from fhir_server.search.parse import parse_search
+from fhir_server.search.query import AnyOf, Condition, ReferenceValue, SearchQuery
+from fhir_server.search.registry import get_registry
+from fhir_server.search.subset import subset
+from fhir_server.storage.base import StoredResource
+
+# The access-policy hook: which stored resources this request may see (all, until auth lands).
+Visible = Callable[[StoredResource], bool]
+
+
+def _all_visible(_: StoredResource) -> bool:
+    return True
 
 
 def _params(req: FhirRequest) -> list[tuple[str, str]]:
@@ -30,7 +48,30 @@ def _params(req: FhirRequest) -> list[tuple[str, str]]:
     return params
 
 
-def search(ctx: Context, req: FhirRequest, resource_type: str | None = None) -> FhirResponse:
+def compartment_condition(compartment: str, owner_id: str, resource_type: str) -> AnyOf:
+    """Membership of ``resource_type`` resources in the compartment of ``compartment/owner_id``."""
+    params = get_facts().compartments.get(compartment, {}).get(resource_type)
+    if not params:
+        raise FhirError(
+            404, f"{resource_type} is not part of the {compartment} compartment", code="not-found"
+        )
+    registry = get_registry()
+    conds = []
+    for code in params:
+        p = registry.get(resource_type, code)
+        if p is None or not p.supported or p.type != "reference":
+            continue
+        conds.append(Condition(resource_type, code, "reference", (ReferenceValue(compartment, owner_id),)))
+    if compartment == resource_type:
+        conds.append(Condition(resource_type, "_id", "id", (owner_id,)))
+    if not conds:
+        raise FhirError(501, f"Compartment search {compartment}/{owner_id}/{resource_type} is not supported",
+                        code="not-supported")
+    return AnyOf(tuple(conds))
+
+
+def search(ctx: Context, req: FhirRequest, resource_type: str | None = None,
+           compartment: tuple[str, str] | None = None, visible: Visible = _all_visible) -> FhirResponse:
     types = [resource_type] if resource_type else served_types()
     query = parse_search(
         types,
@@ -39,20 +80,44 @@ def search(ctx: Context, req: FhirRequest, resource_type: str | None = None) -> 
         max_count=ctx.settings.max_count,
         strict=req.prefer().get("handling") == "strict",
         system=resource_type is None,
+        base_url=ctx.base,
     )
-    page = ctx.backend.search(query)
     url = f"{ctx.base}/{resource_type}" if resource_type else ctx.base
-    links = page_links(url, query.link_params, query.cursor, page.next_cursor, format_params(req.query))
+    if compartment is not None:
+        assert resource_type is not None
+        owner_type, owner_id = compartment
+        query.conditions = (compartment_condition(owner_type, owner_id, resource_type), *query.conditions)
+        url = f"{ctx.base}/{owner_type}/{owner_id}/{resource_type}"
+    return _respond(ctx, req, query, url, visible)
+
+
+def _respond(ctx: Context, req: FhirRequest, query: SearchQuery, url: str, visible: Visible) -> FhirResponse:
+    page = ctx.backend.search(query, max_include=ctx.settings.max_include)
+    links = page_links(url, query.link_params, query.cursor, page.next_cursor, format_params(req.query),
+                       prev_cursor=page.prev_cursor)
     entries = [
-        Entry(f"{ctx.base}/{s.resource_type}/{s.id}", s.body, {"search": {"mode": "match"}}) for s in page.items
+        Entry(f"{ctx.base}/{s.resource_type}/{s.id}", subset(s.body or b"", query.summary, query.elements),
+              {"search": {"mode": "match"}})
+        for s in page.items if visible(s)
     ]
-    if query.ignored:
-        oo = operation_outcome(
-            [OutcomeIssue("warning", "not-supported", f"Unknown search parameter '{n}' was ignored")
-             for n in query.ignored]
-        )
-        entries.append(Entry(None, jsonio.dumps(oo), {"search": {"mode": "outcome"}}))
+    entries += [
+        Entry(f"{ctx.base}/{s.resource_type}/{s.id}", s.body, {"search": {"mode": "include"}})
+        for s in page.included if visible(s)
+    ]
+    issues = [OutcomeIssue("warning", "not-supported", f"Unknown or unsupported search parameter '{n}' was ignored")
+              for n in query.ignored]
+    if page.include_capped:
+        issues.append(OutcomeIssue("warning", "too-costly",
+                                   f"Included resources were capped at {ctx.settings.max_include}"))
+    if issues:
+        entries.append(Entry(None, jsonio.dumps(operation_outcome(issues)), {"search": {"mode": "outcome"}}))
     body = assemble("searchset", last_updated=now_instant(), total=page.total, links=links, entries=entries)
     if req.fmt.kind == "json" and not req.fmt.pretty:
         return FhirResponse(200, body, req.fmt.content_type)
     return FhirResponse(200, render_stored(body, req.fmt), req.fmt.content_type)
+
+
+def compartment_search(ctx: Context, req: FhirRequest, owner_type: str, owner_id: str,
+                       resource_type: str) -> FhirResponse:
+    require_served_type(resource_type)
+    return search(ctx, req, resource_type, compartment=(owner_type, owner_id))

@@ -46,11 +46,14 @@ class WriteOutcome:
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One page of results plus an opaque cursor for the next page (None on the last)."""
+    """One page of matches, the resources _include/_revinclude brought, and opaque page cursors."""
 
     items: list[StoredResource]
     total: int | None
     next_cursor: str | None
+    prev_cursor: str | None = None
+    included: list[StoredResource] = field(default_factory=list)
+    include_capped: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +139,7 @@ class Backend(Protocol):
 
     def history(self, query: HistoryQuery) -> HistoryPage: ...
 
-    def search(self, query: SearchQuery) -> Page: ...
+    def search(self, query: SearchQuery, max_include: int = 1000) -> Page: ...
 
     def transaction(self) -> AbstractContextManager[Backend]:
         """A context in which every call commits together or not at all."""

@@ -15,4 +15,7 @@ def open_backend(settings: Settings) -> Backend:
         path = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
         if str(path) and not path.parent.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-    return SqlBackend(url, pool_size=settings.db_pool_size, timeout_s=settings.db_timeout_seconds)
+    from fhir_server.search.extract import Indexer
+
+    return SqlBackend(url, pool_size=settings.db_pool_size, timeout_s=settings.db_timeout_seconds,
+                      indexer=Indexer(settings.fhir_base))

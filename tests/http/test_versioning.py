@@ -180,7 +180,20 @@ def test_conditional_create_multiple_matches_is_412(client) -> None:
     assert _count(client) == 2
 
 
-@pytest.mark.parametrize("criteria", ["identifier=http://example.org|123", "name=smith", "_id:not=x"])
+def test_conditional_create_by_identifier(client) -> None:
+    body = patient(identifier=[{"system": "http://example.org", "value": "123"}])
+    cond = {"If-None-Exist": "identifier=http://example.org|123"}
+    first = client.post("/fhir/Patient", json=body, headers=cond)
+    assert first.status_code == 201, first.text
+    again = client.post("/fhir/Patient", json=body, headers=cond)
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+    other = client.post("/fhir/Patient", json=patient(identifier=[{"system": "http://example.org", "value": "9"}]),
+                        headers={"If-None-Exist": "identifier=http://example.org|9"})
+    assert other.status_code == 201
+    assert _count(client) == 2
+
+
+@pytest.mark.parametrize("criteria", ["foo=bar", "name:above=smith", "_contained=true"])
 def test_conditional_create_unsupported_criteria_is_400(client, criteria: str) -> None:
     r = client.post("/fhir/Patient", json=patient(), headers={"If-None-Exist": criteria})
     issues = assert_outcome(r, 400)

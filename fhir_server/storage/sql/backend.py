@@ -11,12 +11,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, not_, or_, select, update
+from sqlalchemy import bindparam, delete, exists, func, insert, not_, select, tuple_, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from fhir_server.errors import invalid
 from fhir_server.model.instant import format_instant, now_ms
-from fhir_server.search.query import Condition, DateRange, SearchQuery
+from fhir_server.search.query import Include, SearchQuery
 from fhir_server.storage.base import (
     BackendUnavailable,
     HistoryEntry,
@@ -33,7 +33,8 @@ from fhir_server.storage.base import (
 from fhir_server.storage.sql import migrate
 from fhir_server.storage.sql.dialect import Dialect, create_engine
 from fhir_server.storage.sql.runner import SqlRunner
-from fhir_server.storage.sql.schema import INDEX_TABLES, resource, resource_history
+from fhir_server.storage.sql.schema import INDEX_TABLES, idx_reference, resource, resource_history
+from fhir_server.storage.sql.search_sql import Planner, decode_cursor, encode_cursor
 
 # (table kind, row without pid/res_type) pairs for one resource; the search engine supplies it.
 Indexer = Callable[[str, dict[str, Any]], list[tuple[str, dict[str, Any]]]]
@@ -84,30 +85,6 @@ def _decode_cursor(cursor: str) -> int:
         raise invalid(f"Invalid paging cursor '{cursor}'") from None
 
 
-def _date_clause(col_lo: Any, col_hi: Any, v: DateRange, now: int) -> ColumnElement[bool]:
-    """Match a target range [col_lo, col_hi) against a search range per R4 search.html#prefix."""
-    p = v.prefix
-    if p == "eq":
-        return and_(col_lo >= v.lo, col_hi <= v.hi)
-    if p == "ne":
-        return or_(col_lo < v.lo, col_hi > v.hi)
-    if p == "gt":
-        return col_hi > v.hi
-    if p == "sa":
-        return col_lo >= v.hi
-    if p == "lt":
-        return col_lo < v.lo
-    if p == "eb":
-        return col_hi <= v.lo
-    if p == "ge":
-        return col_hi > v.lo
-    if p == "le":
-        return col_lo < v.hi
-    # ap: within 10% of the distance between the value and now (HAPI's rule), at least the value's range.
-    gap = abs(now - v.lo) // 10
-    return and_(col_hi > v.lo - gap, col_lo < v.hi + gap)
-
-
 class SqlBackend:
     def __init__(
         self,
@@ -125,6 +102,7 @@ class SqlBackend:
         self.fast_reads = self.dialect.is_sqlite
         self.parallel_writes = not self.dialect.is_sqlite
         self._tx = threading.local()
+        self._index_inserts: dict[str, tuple[str, tuple[str, ...]]] = {}
         # An in-memory SQLite database is one shared connection (StaticPool): nothing to detach.
         self._own_readers = self.engine.pool.__class__.__name__ != "StaticPool"
 
@@ -309,23 +287,46 @@ class SqlBackend:
                   "deleted": False, "body": body}
         pid = self.run.execute(cur, _INSERT, values, key="insert").fetchone()[0]
         self._insert_history(cur, pid, values, method)
-        self._write_index(cur, pid, rt, res)
+        self._write_index(cur, pid, rt, res, fresh=True)
         return StoredResource(rt, rid, 1, lu, ms, False, body)
 
     def _insert_history(self, cur: Any, pid: int, values: dict[str, Any], method: str) -> None:
         self.run.execute(cur, _INSERT_HISTORY, {**values, "pid": pid, "method": method}, key="insert_history")
 
-    def _write_index(self, cur: Any, pid: int, rt: str, res: dict[str, Any] | None) -> None:
+    def _write_index(self, cur: Any, pid: int, rt: str, res: dict[str, Any] | None, *, fresh: bool = False) -> None:
+        """Replace the search index rows of one resource (``fresh``: it has none yet)."""
         if self.indexer is None:
             return
-        for kind, table in INDEX_TABLES.items():
-            self.run.execute(cur, delete(table).where(table.c.pid == bindparam("pid")), {"pid": pid},
-                             key=f"unindex_{kind}")
+        if not fresh:
+            for kind, table in INDEX_TABLES.items():
+                self.run.execute(cur, delete(table).where(table.c.pid == bindparam("pid")), {"pid": pid},
+                                 key=f"unindex_{kind}")
         if res is None:
             return
+        by_kind: dict[str, list[dict[str, Any]]] = {}
         for kind, row in self.indexer(rt, res):
+            by_kind.setdefault(kind, []).append(row)
+        for kind, rows in by_kind.items():
+            sql, names = self._index_insert(kind)
+            base = {"pid": pid, "res_type": rt}
+            # One executemany per table (a Patient has dozens of rows), values bound straight to the
+            # driver: building and binding through SQLAlchemy cost ~400 us per Patient, measured.
+            if self.run.positional:
+                args: list[Any] = [tuple(base[n] if n in base else row.get(n) for n in names) for row in rows]
+            else:
+                args = [{n: base[n] if n in base else row.get(n) for n in names} for row in rows]
+            cur.executemany(sql, args)
+
+    def _index_insert(self, kind: str) -> tuple[str, tuple[str, ...]]:
+        """The compiled INSERT of one index table and the order of its parameters."""
+        cached = self._index_inserts.get(kind)
+        if cached is None:
             table = INDEX_TABLES[kind]
-            self.run.execute(cur, insert(table), {"pid": pid, "res_type": rt, **row}, key=f"index_{kind}")
+            stmt = insert(table).values({c.name: bindparam(c.name) for c in table.columns})
+            sql, compiled = self.run.compile(stmt)
+            names = tuple(compiled.positiontup or ()) if self.run.positional else tuple(c.name for c in table.columns)  # type: ignore[attr-defined]
+            cached = self._index_inserts[kind] = (sql, names)
+        return cached
 
     def _current_for_write(self, cur: Any, rt: str, rid: str) -> tuple[Any, ...] | None:
         self.dialect.lock_resource(cur, rt, rid)
@@ -419,49 +420,149 @@ class SqlBackend:
         return HistoryPage(items, int(total), _encode_cursor(rows[-1][0]) if more and rows else None)
 
     # -- search ------------------------------------------------------------------------------
-    def _where(self, query: SearchQuery) -> list[ColumnElement[bool]]:
+    def _where(self, query: SearchQuery, planner: Planner) -> list[ColumnElement[bool]]:
         types = query.resource_types
         where: list[ColumnElement[bool]] = [R.deleted.is_(False)]
         where.append(R.res_type == types[0] if len(types) == 1 else R.res_type.in_(types))
-        now = now_ms()
         for cond in query.conditions:
-            where.append(self._condition(cond, now))
+            where.append(planner.predicate(cond, resource))
         return where
 
-    def _condition(self, cond: Condition, now: int) -> ColumnElement[bool]:
-        if cond.name == "_id":
-            return R.res_id.in_([str(v) for v in cond.values])
-        if cond.name == "_lastUpdated":
-            return or_(*[_date_clause(R.lu_ms, R.lu_ms + 1, v, now) for v in cond.values])
-        raise invalid(f"Search parameter '{cond.name}' is not supported by this backend")
-
     def _match_pids(self, cur: Any, query: SearchQuery, *, limit: int) -> list[int]:
-        stmt = select(R.pid).where(*self._where(query)).order_by(R.pid).limit(limit)
+        stmt = select(R.pid).where(*self._where(query, Planner(now_ms()))).order_by(R.pid).limit(limit)
         return [r[0] for r in self.run.execute(cur, stmt).fetchall()]
 
-    def search(self, query: SearchQuery) -> Page:
-        where = self._where(query)
+    def search(self, query: SearchQuery, max_include: int = 1000) -> Page:
+        planner = Planner(now_ms())
+        where = self._where(query, planner)
+        exprs = [(planner.sort_expr(k, resource), k.descending) for k in query.sort] + [(R.pid, False)]
+        kinds = [k.kind for k in query.sort] + ["pid"]
+        forward = True
+        page_where = list(where)
+        if query.cursor:
+            direction, values = decode_cursor(query.cursor, kinds)
+            forward = direction == "f"
+            page_where.append(Planner.after(exprs, values, forward))
+        order = [(e.desc() if desc == forward else e.asc()) for e, desc in exprs]
+        stmt = (
+            select(R.pid, R.res_type, R.res_id, *_VERSION_COLS, *[e for e, _ in exprs[:-1]])
+            .where(*page_where)
+            .order_by(*order)
+            .limit(query.count + 1)
+        )
         with self._conn(write=False, snapshot=True) as cur:
             total: int | None = None
             if query.total != "none" or query.summary_count:
-                total = int(self.run.execute(cur, select(func.count()).select_from(resource).where(*where))
-                            .fetchone()[0])
+                count = select(func.count()).select_from(resource).where(*where)
+                total = int(self.run.execute(cur, count).fetchone()[0])
             if query.summary_count or query.count == 0:
                 return Page([], total, None)
-            page_where = list(where)
-            if query.cursor:
-                page_where.append(R.pid > _decode_cursor(query.cursor))
-            stmt = (
-                select(R.pid, R.res_type, R.res_id, *_VERSION_COLS)
-                .where(*page_where)
-                .order_by(R.pid)
-                .limit(query.count + 1)
-            )
             rows = self.run.execute(cur, stmt).fetchall()
-        more = len(rows) > query.count
-        rows = rows[: query.count]
-        items = [_stored(r[1], r[2], r) for r in rows]
-        return Page(items, total, _encode_cursor(rows[-1][0]) if more and rows else None)
+            more = len(rows) > query.count
+            rows = rows[: query.count]
+            if not forward:
+                rows.reverse()
+            items = [_stored(r[1], r[2], r[:8]) for r in rows]
+            included, capped = self._includes(cur, query, rows, max_include) if query.includes else ([], False)
+
+        def key(row: Any) -> list[Any]:
+            return [*row[8:], row[0]]
+
+        next_cursor = prev_cursor = None
+        if rows:
+            if (forward and more) or (not forward and query.cursor):
+                next_cursor = encode_cursor("f", key(rows[-1]))
+            if (not forward and more) or (forward and query.cursor):
+                prev_cursor = encode_cursor("b", key(rows[0]))
+        return Page(items, total, next_cursor, prev_cursor, included, capped)
+
+    def _includes(
+        self, cur: Any, query: SearchQuery, rows: list[Any], cap: int
+    ) -> tuple[list[StoredResource], bool]:
+        """Resources named by _include / _revinclude, iterating where asked, at most ``cap`` of them."""
+        seen = {(r[1], r[2]) for r in rows}
+        current = [(r[0], r[1], r[2]) for r in rows]  # (pid, type, id) of the set includes apply to
+        found: list[StoredResource] = []
+        first = True
+        while current:
+            new: list[tuple[int, str, str]] = []
+            for inc in query.includes:
+                if not first and not inc.iterate:
+                    continue
+                for row in self._include_rows(cur, inc, current):
+                    ident = (row[1], row[2])
+                    if ident in seen:
+                        continue
+                    if len(found) >= cap:
+                        return found, True
+                    seen.add(ident)
+                    found.append(_stored(row[1], row[2], row))
+                    new.append((row[0], row[1], row[2]))
+            first = False
+            current = new
+        return found, False
+
+    def _include_rows(self, cur: Any, inc: Include, current: list[tuple[int, str, str]]) -> list[Any]:
+        ref = idx_reference
+        cols = (R.pid, R.res_type, R.res_id, *_VERSION_COLS)
+        if not inc.reverse:
+            pids = [pid for pid, rt, _ in current if inc.source_type in ("*", rt)]
+            if not pids:
+                return []
+            conds: list[ColumnElement[bool]] = [ref.c.pid.in_(pids), ref.c.target_type.is_not(None)]
+            if inc.code != "*":
+                conds.append(ref.c.param == inc.code)
+            if inc.target_type is not None:
+                conds.append(ref.c.target_type == inc.target_type)
+            targets = self.run.execute(cur, select(ref.c.target_type, ref.c.target_id).where(*conds).distinct())
+            pairs = [(t, i) for t, i in targets.fetchall()]
+            if not pairs:
+                return []
+            stmt = select(*cols).where(R.deleted.is_(False), tuple_(R.res_type, R.res_id).in_(pairs))
+            return list(self.run.execute(cur, stmt).fetchall())
+        by_type: dict[str, list[str]] = {}
+        for _, rt, rid in current:
+            if inc.target_type in (None, rt):
+                by_type.setdefault(rt, []).append(rid)
+        out: list[Any] = []
+        for rt, ids in by_type.items():
+            rconds: list[ColumnElement[bool]] = [
+                ref.c.res_type == inc.source_type, ref.c.target_type == rt, ref.c.target_id.in_(ids)
+            ]
+            if inc.code != "*":
+                rconds.append(ref.c.param == inc.code)
+            stmt = select(*cols).where(
+                R.deleted.is_(False), R.res_type == inc.source_type, R.pid.in_(select(ref.c.pid).where(*rconds))
+            )
+            out.extend(self.run.execute(cur, stmt).fetchall())
+        return out
+
+    def analyze(self) -> None:
+        """Refresh the planner's statistics; run after bulk loads.
+
+        Measured on PostgreSQL right after loading the 100-patient set: before autovacuum had
+        analysed the new tables, a patient+code search took seconds on a pid-order scan; after
+        ANALYZE it is one index lookup (1.5 ms)."""
+        with self._conn(write=self.dialect.is_sqlite) as cur:
+            cur.execute("ANALYZE")
+
+    def reindex(self, resource_type: str | None = None, batch: int = 500) -> int:
+        """Rebuild the search index rows of every current resource (after search parameters change)."""
+        from fhir_server.model import jsonio
+
+        done, last = 0, 0
+        while True:
+            stmt = select(R.pid, R.res_type, R.body).where(R.deleted.is_(False), R.pid > last)
+            if resource_type is not None:
+                stmt = stmt.where(R.res_type == resource_type)
+            with self._conn(write=True) as cur:
+                rows = self.run.execute(cur, stmt.order_by(R.pid).limit(batch)).fetchall()
+                for pid, rt, body in rows:
+                    self._write_index(cur, pid, rt, jsonio.loads(bytes(body)))
+            if not rows:
+                return done
+            done += len(rows)
+            last = rows[-1][0]
 
     def iter_all(self, resource_type: str | None = None) -> Iterator[StoredResource]:
         last = 0

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import create_engine as sa_create_engine
@@ -41,6 +43,10 @@ def create_engine(url: str, *, pool_size: int, timeout_s: float) -> Engine:
 
 
 def _configure_sqlite(engine: Engine, *, memory: bool, busy_ms: int) -> None:
+    # Raw sqlite3 cursors bypass SQLAlchemy's bind processors.  SQLite keeps NUMERIC as REAL, and
+    # a Decimal bound as text would compare as text against numeric expressions: bind floats.
+    sqlite3.register_adapter(Decimal, float)
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # Take transaction control from the sqlite3 module so BEGIN IMMEDIATE can be issued.

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Table,
+    Text,
     UniqueConstraint,
 )
 
@@ -63,40 +64,57 @@ resource_history = Table(
 )
 
 
+def _text(length: int) -> String:
+    # Byte-order comparison on PostgreSQL, as SQLite's BINARY collation does: prefix searches are
+    # ranges (value >= 'abc' AND value < 'abc\U0010ffff') that a plain B-tree index serves.
+    return String(length).with_variant(String(length, collation="C"), "postgresql")
+
+
 def _index_table(name: str, *columns: Column) -> Table:
     return Table(
         name,
         metadata,
         Column("pid", BigInteger, nullable=False),
         Column("res_type", String(64), nullable=False),
-        Column("param", String(64), nullable=False),
+        Column("param", String(100), nullable=False),
         *columns,
-        Index(f"ix_{name}_pid", "pid"),
+        Index(f"ix_{name}_pid", "pid", "param"),
     )
 
 
-idx_string = _index_table(
-    "idx_string", Column("value_norm", String(256)), Column("value_exact", String(1024)),
-)
+idx_string = _index_table("idx_string", Column("value_norm", _text(255)), Column("value_exact", Text))
 idx_token = _index_table(
-    "idx_token", Column("system", String(512)), Column("code", String(256)), Column("text_norm", String(256)),
+    "idx_token", Column("system", _text(512)), Column("code", _text(512)), Column("text_norm", _text(255)),
 )
 idx_date = _index_table("idx_date", Column("lo_ms", BigInteger), Column("hi_ms", BigInteger))
 idx_number = _index_table("idx_number", Column("lo", Numeric), Column("hi", Numeric))
 idx_quantity = _index_table(
-    "idx_quantity", Column("system", String(512)), Column("code", String(256)),
+    "idx_quantity", Column("system", _text(512)), Column("code", _text(256)), Column("unit", _text(256)),
     Column("lo", Numeric), Column("hi", Numeric),
 )
 idx_reference = _index_table(
-    "idx_reference", Column("target_type", String(64)), Column("target_id", String(64)), Column("url", String(1024)),
+    "idx_reference", Column("target_type", String(64)), Column("target_id", String(64)), Column("url", Text),
 )
-idx_uri = _index_table("idx_uri", Column("uri", String(1024)))
+idx_uri = _index_table("idx_uri", Column("uri", _text(1024)))
+idx_composite = _index_table(
+    "idx_composite",
+    Column("c1_system", _text(512)), Column("c1_code", _text(512)),
+    Column("c2_system", _text(512)), Column("c2_code", _text(512)),
+    Column("c2_lo", Numeric), Column("c2_hi", Numeric),
+)
 
 Index("ix_idx_token_lookup", idx_token.c.res_type, idx_token.c.param, idx_token.c.code, idx_token.c.system)
+Index("ix_idx_token_text", idx_token.c.res_type, idx_token.c.param, idx_token.c.text_norm)
 Index("ix_idx_string_lookup", idx_string.c.res_type, idx_string.c.param, idx_string.c.value_norm)
-Index("ix_idx_date_lookup", idx_date.c.res_type, idx_date.c.param, idx_date.c.lo_ms)
-Index("ix_idx_reference_lookup", idx_reference.c.res_type, idx_reference.c.param, idx_reference.c.target_id)
+Index("ix_idx_date_lookup", idx_date.c.res_type, idx_date.c.param, idx_date.c.lo_ms, idx_date.c.hi_ms)
+Index("ix_idx_number_lookup", idx_number.c.res_type, idx_number.c.param, idx_number.c.lo)
+Index("ix_idx_quantity_lookup", idx_quantity.c.res_type, idx_quantity.c.param, idx_quantity.c.code, idx_quantity.c.lo)
+Index("ix_idx_reference_lookup", idx_reference.c.res_type, idx_reference.c.param, idx_reference.c.target_id,
+      idx_reference.c.target_type)
+Index("ix_idx_reference_target", idx_reference.c.target_type, idx_reference.c.target_id)
 Index("ix_idx_uri_lookup", idx_uri.c.res_type, idx_uri.c.param, idx_uri.c.uri)
+Index("ix_idx_composite_lookup", idx_composite.c.res_type, idx_composite.c.param, idx_composite.c.c1_code,
+      idx_composite.c.c2_code)
 
 INDEX_TABLES = {
     "string": idx_string,
@@ -106,4 +124,5 @@ INDEX_TABLES = {
     "quantity": idx_quantity,
     "reference": idx_reference,
     "uri": idx_uri,
+    "composite": idx_composite,
 }

@@ -1,0 +1,302 @@
+"""The search planner: a SearchQuery becomes SQLAlchemy Core predicates over the resource table.
+
+One planner for SQLite and PostgreSQL.  Every parameter test is ``pid IN (SELECT pid FROM idx_*
+WHERE res_type = ? AND param = ? AND ...)``: both databases drive such a query from the index
+lookup (a semi-join), so a patient-scoped search reads only that patient's rows.  Chains and
+_has join through the reference index; sort keys are correlated MIN/MAX subqueries, and paging is
+keyset-based on (sort keys..., pid) so pages stay stable while other data changes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import and_, false, func, literal, not_, or_, select, true
+from sqlalchemy.sql.elements import ColumnElement
+
+from fhir_server.errors import invalid
+from fhir_server.search.query import (
+    MAX_MS,
+    MIN_MS,
+    AnyOf,
+    Chain,
+    CompositeValue,
+    Condition,
+    DateRange,
+    Has,
+    NumberValue,
+    QuantityValue,
+    ReferenceValue,
+    SortKey,
+    TokenValue,
+)
+from fhir_server.storage.sql.schema import INDEX_TABLES, idx_reference, resource
+
+_TOP = "\U0010ffff"  # sorts after every other code point: the upper bound of a prefix range
+
+
+def _prefix(col: Any, value: str) -> ColumnElement[bool]:
+    # A range instead of LIKE: both databases use a plain B-tree index for it.
+    return and_(col >= value, col < value + _TOP)
+
+
+def _like_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def date_clause(col_lo: Any, col_hi: Any, v: DateRange, now: int) -> ColumnElement[bool]:
+    """Match a target range [col_lo, col_hi) against a search range per R4 search.html#prefix."""
+    p = v.prefix
+    if p == "eq":
+        return and_(col_lo >= v.lo, col_hi <= v.hi)
+    if p == "ne":
+        return or_(col_lo < v.lo, col_hi > v.hi)
+    if p == "gt":
+        return col_hi > v.hi
+    if p == "sa":
+        return col_lo >= v.hi
+    if p == "lt":
+        return col_lo < v.lo
+    if p == "eb":
+        return col_hi <= v.lo
+    # ge / le as R4 words them: the range above (below) the search value overlaps the target, or
+    # the search range fully contains the target.  A period that merely starts before a ge value
+    # and ends inside its range does not match.
+    if p == "ge":
+        return or_(col_hi > v.hi, and_(col_lo >= v.lo, col_hi <= v.hi))
+    if p == "le":
+        return or_(col_lo < v.lo, and_(col_lo >= v.lo, col_hi <= v.hi))
+    # ap: within 10% of the distance between the value and now (HAPI's rule), at least the value's range.
+    gap = abs(now - v.lo) // 10
+    return and_(col_hi > v.lo - gap, col_lo < v.hi + gap)
+
+
+def number_clause(col_lo: Any, col_hi: Any, v: NumberValue) -> ColumnElement[bool]:
+    """Compare the target value (the middle of its stored precision range) with the search value."""
+    target = (col_lo + col_hi) / 2
+    p = v.prefix
+    if p == "eq":
+        return and_(target >= v.lo, target < v.hi)
+    if p == "ne":
+        return or_(target < v.lo, target >= v.hi)
+    if p in ("gt", "sa"):
+        return target > v.value
+    if p in ("lt", "eb"):
+        return target < v.value
+    if p == "ge":
+        return target >= v.value
+    if p == "le":
+        return target <= v.value
+    gap = abs(v.value) / 10
+    return and_(target >= v.value - gap, target <= v.value + gap)
+
+
+def token_clause(system_col: Any, code_col: Any, v: TokenValue) -> ColumnElement[bool]:
+    parts: list[ColumnElement[bool]] = []
+    if v.code is not None:
+        parts.append(code_col == v.code)
+    if not v.any_system:
+        parts.append(system_col.is_(None) if v.system is None else system_col == v.system)
+    return and_(*parts) if parts else true()
+
+
+class Planner:
+    def __init__(self, now_ms: int) -> None:
+        self.now = now_ms
+
+    # -- conditions ---------------------------------------------------------------------------
+    def predicate(self, cond: Any, r: Any) -> ColumnElement[bool]:
+        """A boolean expression on the resource-table alias ``r``."""
+        if isinstance(cond, AnyOf):
+            return or_(*[self.predicate(c, r) for c in cond.conditions])
+        if isinstance(cond, Chain):
+            return self._chain(cond, r)
+        if isinstance(cond, Has):
+            return self._has(cond, r)
+        assert isinstance(cond, Condition)
+        if cond.kind == "id":
+            if cond.modifier == "missing":
+                return false() if cond.values[0] else true()
+            test = r.c.res_id.in_([str(v) for v in cond.values])
+            return not_(test) if cond.modifier == "not" else test
+        if cond.kind == "lastUpdated":
+            if cond.modifier == "missing":
+                return false() if cond.values[0] else true()
+            return or_(*[date_clause(r.c.lu_ms, r.c.lu_ms + 1, v, self.now) for v in cond.values])
+        table = INDEX_TABLES[cond.kind if cond.kind in INDEX_TABLES else "token"]
+        base = [table.c.param == cond.code]
+        if cond.resource_type:
+            base.insert(0, table.c.res_type == cond.resource_type)
+        if cond.modifier == "missing":
+            present = r.c.pid.in_(select(table.c.pid).where(*base))
+            return not_(present) if cond.values[0] else present
+        match = or_(*[self._value(cond, table, v) for v in cond.values])
+        found = r.c.pid.in_(select(table.c.pid).where(*base, match))
+        return not_(found) if cond.modifier == "not" else found
+
+    def _value(self, cond: Condition, t: Any, v: Any) -> ColumnElement[bool]:
+        kind, mod = cond.kind, cond.modifier
+        c = t.c
+        if kind == "string":
+            if mod == "exact":
+                return c.value_exact == v
+            if mod == "contains":
+                return c.value_norm.like(f"%{_like_escape(v)}%", escape="\\")
+            return _prefix(c.value_norm, v)
+        if kind == "token":
+            if mod == "text":
+                return _prefix(c.text_norm, v)
+            return token_clause(c.system, c.code, v)
+        if kind == "date":
+            return date_clause(c.lo_ms, c.hi_ms, v, self.now)
+        if kind == "number":
+            return number_clause(c.lo, c.hi, v)
+        if kind == "quantity":
+            assert isinstance(v, QuantityValue)
+            parts = [number_clause(c.lo, c.hi, v.number)]
+            if v.system is not None:
+                parts.append(c.system == v.system)
+                if v.code is not None:
+                    parts.append(c.code == v.code)
+            elif v.code is not None:
+                parts.append(or_(c.code == v.code, c.unit == v.code))
+            return and_(*parts)
+        if kind == "reference":
+            assert isinstance(v, ReferenceValue)
+            if v.url is not None:
+                return c.url == v.url
+            parts = [c.target_id == v.target_id]
+            if v.target_type is not None:
+                parts.append(c.target_type == v.target_type)
+            return and_(*parts)
+        if kind == "uri":
+            if mod == "below":
+                return _prefix(c.uri, v)
+            if mod == "above":
+                return literal(v).like(c.uri + "%")
+            return c.uri == v
+        if kind == "composite":
+            assert isinstance(v, CompositeValue)
+            parts = [token_clause(c.c1_system, c.c1_code, v.first)]
+            second = v.second
+            if cond.second_kind == "token":
+                parts.append(token_clause(c.c2_system, c.c2_code, second))
+            elif cond.second_kind == "quantity":
+                parts.append(number_clause(c.c2_lo, c.c2_hi, second.number))
+                if second.system is not None:
+                    parts.append(c.c2_system == second.system)
+                if second.code is not None:
+                    parts.append(c.c2_code == second.code)
+            elif cond.second_kind == "number":
+                parts.append(number_clause(c.c2_lo, c.c2_hi, second))
+            elif cond.second_kind == "date":
+                parts.append(date_clause(c.c2_lo, c.c2_hi, second, self.now))
+            elif cond.second_kind == "string":
+                parts.append(_prefix(c.c2_code, second))
+            return and_(*parts)
+        raise invalid(f"Search parameter '{cond.code}' of type {kind} is not supported")
+
+    def _chain(self, cond: Chain, r: Any) -> ColumnElement[bool]:
+        ref = idx_reference.alias()
+        target = resource.alias()
+        sub = (
+            select(ref.c.pid)
+            .join(target, and_(target.c.res_type == ref.c.target_type, target.c.res_id == ref.c.target_id))
+            .where(
+                ref.c.res_type == cond.resource_type,
+                ref.c.param == cond.code,
+                ref.c.target_type.in_(cond.target_types),
+                target.c.deleted.is_(False),
+                self.predicate(cond.inner, target),
+            )
+        )
+        return r.c.pid.in_(sub)
+
+    def _has(self, cond: Has, r: Any) -> ColumnElement[bool]:
+        ref = idx_reference.alias()
+        source = resource.alias()
+        sub = (
+            select(ref.c.target_id)
+            .join(source, source.c.pid == ref.c.pid)
+            .where(
+                ref.c.res_type == cond.source_type,
+                ref.c.param == cond.code,
+                ref.c.target_type == cond.resource_type,
+                source.c.deleted.is_(False),
+                self.predicate(cond.inner, source),
+            )
+        )
+        return and_(r.c.res_type == cond.resource_type, r.c.res_id.in_(sub))
+
+    # -- sorting and paging ------------------------------------------------------------------
+    @staticmethod
+    def sort_expr(key: SortKey, r: Any) -> Any:
+        """The value a resource sorts by: the lowest for ascending, the highest for descending."""
+        if key.kind == "id":
+            return r.c.res_id
+        if key.kind == "lastUpdated":
+            return r.c.lu_ms
+        agg = func.max if key.descending else func.min
+        blank: Any
+        if key.kind in ("string",):
+            t = INDEX_TABLES["string"]
+            col, blank = t.c.value_norm, ("" if key.descending else _TOP)
+        elif key.kind == "token":
+            t = INDEX_TABLES["token"]
+            col, blank = t.c.code, ("" if key.descending else _TOP)
+        elif key.kind == "uri":
+            t = INDEX_TABLES["uri"]
+            col, blank = t.c.uri, ("" if key.descending else _TOP)
+        elif key.kind == "reference":
+            t = INDEX_TABLES["reference"]
+            col, blank = t.c.target_id, ("" if key.descending else _TOP)
+        elif key.kind == "date":
+            t = INDEX_TABLES["date"]
+            col = t.c.hi_ms if key.descending else t.c.lo_ms
+            blank = MIN_MS if key.descending else MAX_MS
+        else:  # number, quantity
+            t = INDEX_TABLES[key.kind]
+            col = t.c.hi if key.descending else t.c.lo
+            blank = Decimal(MIN_MS) if key.descending else Decimal(MAX_MS)
+        sub = select(agg(col)).where(t.c.pid == r.c.pid, t.c.param == key.code).scalar_subquery()
+        # Resources without a value sort last in both directions.
+        return func.coalesce(sub, blank)
+
+    @staticmethod
+    def after(exprs: list[tuple[Any, bool]], values: list[Any], forward: bool) -> ColumnElement[bool]:
+        """Rows strictly after (forward) or before the cursor row in the sort order."""
+        ors: list[ColumnElement[bool]] = []
+        for i, (expr, desc) in enumerate(exprs):
+            ahead = (expr < values[i]) if desc == forward else (expr > values[i])
+            ors.append(and_(*[e == values[j] for j, (e, _) in enumerate(exprs[:i])], ahead))
+        return or_(*ors)
+
+
+def encode_cursor(direction: str, values: list[Any]) -> str:
+    raw = json.dumps([direction, [str(v) if isinstance(v, Decimal) else v for v in values]],
+                     separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, kinds: list[str]) -> tuple[str, list[Any]]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        direction, values = json.loads(raw)
+        if direction not in ("f", "b") or not isinstance(values, list) or len(values) != len(kinds):
+            raise ValueError
+        out: list[Any] = []
+        for kind, v in zip(kinds, values, strict=True):
+            if kind in ("number", "quantity"):
+                out.append(Decimal(str(v)))
+            elif kind in ("date", "lastUpdated", "pid"):
+                out.append(int(v))
+            else:
+                if not isinstance(v, str):
+                    raise ValueError
+                out.append(v)
+        return direction, out
+    except (ValueError, TypeError, ArithmeticError):
+        raise invalid(f"Invalid paging cursor '{cursor}'") from None
