@@ -35,8 +35,9 @@ class FhirAsgiApp:
         self.ctx = ctx
         self.prefix = prefix
         self.limiter = anyio.CapacityLimiter(max(4, ctx.settings.db_pool_size * 2))
-        # A database that admits one writer at a time gets one writing thread: measured, 16 threads
-        # queueing on SQLite's write lock burn more CPU on lock and GIL hand-offs than the writes.
+        # A backend that cannot take concurrent writes gets one writing thread: measured, 16 threads
+        # queueing on SQLite's write lock burned more CPU on lock and GIL hand-offs than the writes.
+        # (SQLite files take them: the backend batches them into group commits.)
         self.write_limiter = self.limiter if ctx.backend.parallel_writes else anyio.CapacityLimiter(1)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -32,6 +32,7 @@ from fhir_server.storage.base import (
 )
 from fhir_server.storage.sql import migrate
 from fhir_server.storage.sql.dialect import Dialect, create_engine
+from fhir_server.storage.sql.group_commit import GroupCommitter
 from fhir_server.storage.sql.runner import SqlRunner
 from fhir_server.storage.sql.schema import INDEX_TABLES, idx_reference, resource, resource_history
 from fhir_server.storage.sql.search_sql import Planner, decode_cursor, encode_cursor
@@ -100,11 +101,13 @@ class SqlBackend:
         self.indexer = indexer
         # SQLite reads finish in microseconds without network I/O: cheaper on the event loop than a thread hop.
         self.fast_reads = self.dialect.is_sqlite
-        self.parallel_writes = not self.dialect.is_sqlite
         self._tx = threading.local()
         self._index_inserts: dict[str, tuple[str, tuple[str, ...]]] = {}
         # An in-memory SQLite database is one shared connection (StaticPool): nothing to detach.
         self._own_readers = self.engine.pool.__class__.__name__ != "StaticPool"
+        # One writer at a time (SQLite file): concurrent writes are batched into group commits.
+        self._group = GroupCommitter(self._group_transaction) if self.dialect.is_sqlite and self._own_readers else None
+        self.parallel_writes = not self.dialect.is_sqlite or self._group is not None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -117,6 +120,8 @@ class SqlBackend:
             raise BackendUnavailable(str(exc.orig)) from exc
 
     def close(self) -> None:
+        if self._group is not None:
+            self._group.close()
         self.engine.dispose()
 
     def ping(self) -> bool:
@@ -177,6 +182,20 @@ class SqlBackend:
                 yield self
             finally:
                 self._tx.cursor = None
+
+    def _group_transaction(self, body: Callable[[Any], None]) -> None:
+        with self._conn(write=True) as cur:
+            self._tx.cursor = cur
+            try:
+                body(cur)
+            finally:
+                self._tx.cursor = None
+
+    def _write_op(self, fn: Callable[[], Any]) -> Any:
+        """Run one write: through the group committer when there is one and no transaction is open."""
+        if self._group is not None and getattr(self._tx, "cursor", None) is None:
+            return self._group.submit(fn)
+        return self._retrying(fn)
 
     def _retrying(self, fn: Callable[[], Any]) -> Any:
         # A unique-key race (two first writes of one id where no lock serialised them) is resolved
@@ -260,7 +279,7 @@ class SqlBackend:
 
     # -- writes ------------------------------------------------------------------------------
     def create(self, req: WriteRequest, stamp: Stamper) -> WriteOutcome:
-        return self._retrying(lambda: self._create(req, stamp))
+        return self._write_op(lambda: self._create(req, stamp))
 
     def _create(self, req: WriteRequest, stamp: Stamper) -> WriteOutcome:
         with self._conn(write=True) as cur:
@@ -350,7 +369,7 @@ class SqlBackend:
         return StoredResource(rt, rid, version, lu, ms, deleted, body)
 
     def update(self, req: WriteRequest, stamp: Stamper) -> WriteOutcome:
-        return self._retrying(lambda: self._update(req, stamp))
+        return self._write_op(lambda: self._update(req, stamp))
 
     def _update(self, req: WriteRequest, stamp: Stamper) -> WriteOutcome:
         assert req.id is not None
@@ -369,7 +388,7 @@ class SqlBackend:
             return WriteOutcome(stored, created=bool(row[4]))
 
     def delete(self, resource_type: str, id: str) -> StoredResource | None:
-        return self._retrying(lambda: self._delete(resource_type, id))
+        return self._write_op(lambda: self._delete(resource_type, id))
 
     def _delete(self, rt: str, rid: str) -> StoredResource | None:
         with self._conn(write=True) as cur:

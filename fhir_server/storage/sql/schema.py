@@ -103,18 +103,24 @@ idx_composite = _index_table(
     Column("c2_lo", Numeric), Column("c2_hi", Numeric),
 )
 
-Index("ix_idx_token_lookup", idx_token.c.res_type, idx_token.c.param, idx_token.c.code, idx_token.c.system)
-Index("ix_idx_token_text", idx_token.c.res_type, idx_token.c.param, idx_token.c.text_norm)
-Index("ix_idx_string_lookup", idx_string.c.res_type, idx_string.c.param, idx_string.c.value_norm)
-Index("ix_idx_date_lookup", idx_date.c.res_type, idx_date.c.param, idx_date.c.lo_ms, idx_date.c.hi_ms)
-Index("ix_idx_number_lookup", idx_number.c.res_type, idx_number.c.param, idx_number.c.lo)
-Index("ix_idx_quantity_lookup", idx_quantity.c.res_type, idx_quantity.c.param, idx_quantity.c.code, idx_quantity.c.lo)
+# Lookup indexes end in pid so a parameter test is answered from the index alone (covering);
+# measured at 39k resources, patient+category searches otherwise fetched every matching row.
+Index("ix_idx_token_lookup", idx_token.c.res_type, idx_token.c.param, idx_token.c.code, idx_token.c.system,
+      idx_token.c.pid)
+Index("ix_idx_token_text", idx_token.c.res_type, idx_token.c.param, idx_token.c.text_norm, idx_token.c.pid)
+Index("ix_idx_string_lookup", idx_string.c.res_type, idx_string.c.param, idx_string.c.value_norm, idx_string.c.pid)
+Index("ix_idx_date_lookup", idx_date.c.res_type, idx_date.c.param, idx_date.c.lo_ms, idx_date.c.hi_ms,
+      idx_date.c.pid)
+Index("ix_idx_number_lookup", idx_number.c.res_type, idx_number.c.param, idx_number.c.lo, idx_number.c.hi,
+      idx_number.c.pid)
+Index("ix_idx_quantity_lookup", idx_quantity.c.res_type, idx_quantity.c.param, idx_quantity.c.code,
+      idx_quantity.c.lo, idx_quantity.c.hi, idx_quantity.c.pid)
 Index("ix_idx_reference_lookup", idx_reference.c.res_type, idx_reference.c.param, idx_reference.c.target_id,
-      idx_reference.c.target_type)
+      idx_reference.c.target_type, idx_reference.c.pid)
 Index("ix_idx_reference_target", idx_reference.c.target_type, idx_reference.c.target_id)
-Index("ix_idx_uri_lookup", idx_uri.c.res_type, idx_uri.c.param, idx_uri.c.uri)
+Index("ix_idx_uri_lookup", idx_uri.c.res_type, idx_uri.c.param, idx_uri.c.uri, idx_uri.c.pid)
 Index("ix_idx_composite_lookup", idx_composite.c.res_type, idx_composite.c.param, idx_composite.c.c1_code,
-      idx_composite.c.c2_code)
+      idx_composite.c.c2_code, idx_composite.c.pid)
 
 INDEX_TABLES = {
     "string": idx_string,

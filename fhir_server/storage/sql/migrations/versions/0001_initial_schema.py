@@ -29,7 +29,7 @@ def upgrade() -> None:
     sa.Column('c2_hi', sa.Numeric(), nullable=True)
     )
     with op.batch_alter_table('idx_composite', schema=None) as batch_op:
-        batch_op.create_index('ix_idx_composite_lookup', ['res_type', 'param', 'c1_code', 'c2_code'], unique=False)
+        batch_op.create_index('ix_idx_composite_lookup', ['res_type', 'param', 'c1_code', 'c2_code', 'pid'], unique=False)
         batch_op.create_index('ix_idx_composite_pid', ['pid', 'param'], unique=False)
 
     op.create_table('idx_date',
@@ -40,7 +40,7 @@ def upgrade() -> None:
     sa.Column('hi_ms', sa.BigInteger(), nullable=True)
     )
     with op.batch_alter_table('idx_date', schema=None) as batch_op:
-        batch_op.create_index('ix_idx_date_lookup', ['res_type', 'param', 'lo_ms', 'hi_ms'], unique=False)
+        batch_op.create_index('ix_idx_date_lookup', ['res_type', 'param', 'lo_ms', 'hi_ms', 'pid'], unique=False)
         batch_op.create_index('ix_idx_date_pid', ['pid', 'param'], unique=False)
 
     op.create_table('idx_number',
@@ -51,7 +51,7 @@ def upgrade() -> None:
     sa.Column('hi', sa.Numeric(), nullable=True)
     )
     with op.batch_alter_table('idx_number', schema=None) as batch_op:
-        batch_op.create_index('ix_idx_number_lookup', ['res_type', 'param', 'lo'], unique=False)
+        batch_op.create_index('ix_idx_number_lookup', ['res_type', 'param', 'lo', 'hi', 'pid'], unique=False)
         batch_op.create_index('ix_idx_number_pid', ['pid', 'param'], unique=False)
 
     op.create_table('idx_quantity',
@@ -65,7 +65,7 @@ def upgrade() -> None:
     sa.Column('hi', sa.Numeric(), nullable=True)
     )
     with op.batch_alter_table('idx_quantity', schema=None) as batch_op:
-        batch_op.create_index('ix_idx_quantity_lookup', ['res_type', 'param', 'code', 'lo'], unique=False)
+        batch_op.create_index('ix_idx_quantity_lookup', ['res_type', 'param', 'code', 'lo', 'hi', 'pid'], unique=False)
         batch_op.create_index('ix_idx_quantity_pid', ['pid', 'param'], unique=False)
 
     op.create_table('idx_reference',
@@ -77,7 +77,7 @@ def upgrade() -> None:
     sa.Column('url', sa.Text(), nullable=True)
     )
     with op.batch_alter_table('idx_reference', schema=None) as batch_op:
-        batch_op.create_index('ix_idx_reference_lookup', ['res_type', 'param', 'target_id', 'target_type'], unique=False)
+        batch_op.create_index('ix_idx_reference_lookup', ['res_type', 'param', 'target_id', 'target_type', 'pid'], unique=False)
         batch_op.create_index('ix_idx_reference_pid', ['pid', 'param'], unique=False)
         batch_op.create_index('ix_idx_reference_target', ['target_type', 'target_id'], unique=False)
 
@@ -89,7 +89,7 @@ def upgrade() -> None:
     sa.Column('value_exact', sa.Text(), nullable=True)
     )
     with op.batch_alter_table('idx_string', schema=None) as batch_op:
-        batch_op.create_index('ix_idx_string_lookup', ['res_type', 'param', 'value_norm'], unique=False)
+        batch_op.create_index('ix_idx_string_lookup', ['res_type', 'param', 'value_norm', 'pid'], unique=False)
         batch_op.create_index('ix_idx_string_pid', ['pid', 'param'], unique=False)
 
     op.create_table('idx_token',
@@ -101,9 +101,9 @@ def upgrade() -> None:
     sa.Column('text_norm', sa.String(length=255).with_variant(sa.String(length=255, collation='C'), 'postgresql'), nullable=True)
     )
     with op.batch_alter_table('idx_token', schema=None) as batch_op:
-        batch_op.create_index('ix_idx_token_lookup', ['res_type', 'param', 'code', 'system'], unique=False)
+        batch_op.create_index('ix_idx_token_lookup', ['res_type', 'param', 'code', 'system', 'pid'], unique=False)
         batch_op.create_index('ix_idx_token_pid', ['pid', 'param'], unique=False)
-        batch_op.create_index('ix_idx_token_text', ['res_type', 'param', 'text_norm'], unique=False)
+        batch_op.create_index('ix_idx_token_text', ['res_type', 'param', 'text_norm', 'pid'], unique=False)
 
     op.create_table('idx_uri',
     sa.Column('pid', sa.BigInteger(), nullable=False),
@@ -112,7 +112,7 @@ def upgrade() -> None:
     sa.Column('uri', sa.String(length=1024).with_variant(sa.String(length=1024, collation='C'), 'postgresql'), nullable=True)
     )
     with op.batch_alter_table('idx_uri', schema=None) as batch_op:
-        batch_op.create_index('ix_idx_uri_lookup', ['res_type', 'param', 'uri'], unique=False)
+        batch_op.create_index('ix_idx_uri_lookup', ['res_type', 'param', 'uri', 'pid'], unique=False)
         batch_op.create_index('ix_idx_uri_pid', ['pid', 'param'], unique=False)
 
     op.create_table('resource',
