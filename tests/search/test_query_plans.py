@@ -1,0 +1,84 @@
+"""The planner's queries are index lookups, not scans, on SQLite and PostgreSQL (EXPLAIN)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from fhir_server.interactions.common import stamp
+from fhir_server.model.instant import now_ms
+from fhir_server.search.extract import Indexer
+from fhir_server.search.parse import parse_search
+from fhir_server.storage.base import WriteRequest
+from fhir_server.storage.sql.backend import R, SqlBackend
+from fhir_server.storage.sql.schema import resource
+from fhir_server.storage.sql.search_sql import Planner
+from tests.storage.conftest import pg_schema_url
+
+
+def _observation(i: int) -> dict[str, object]:
+    return {"resourceType": "Observation", "status": "final",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                      "code": "laboratory" if i % 2 else "vital-signs"}]}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": f"{1000 + i % 50}-1"}]},
+            "subject": {"reference": f"Patient/p{i % 40}"},
+            "effectiveDateTime": f"20{10 + i % 10}-01-01T00:00:00Z"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def loaded(request: pytest.FixtureRequest, tmp_path: Path, pg_admin: sa.Engine | None) -> Iterator[SqlBackend]:
+    schema = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/plans.db"
+    else:
+        if pg_admin is None:
+            pytest.skip("PostgreSQL not reachable (set FHIR_TEST_POSTGRES_URL)")
+        schema, url = pg_schema_url(pg_admin)
+    backend = SqlBackend(url, indexer=Indexer("http://x/fhir"))
+    backend.start()
+    with backend.transaction():
+        for i in range(2000):
+            backend.create(WriteRequest("Observation", _observation(i)), stamp)
+    backend.analyze()
+    try:
+        yield backend
+    finally:
+        backend.close()
+        if schema is not None and pg_admin is not None:
+            with pg_admin.begin() as conn:
+                conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+QUERIES = [
+    [("patient", "p7"), ("code", "http://loinc.org|1007-1")],
+    [("patient", "p7"), ("category", "laboratory"), ("date", "ge2015-01-01")],
+    [("code", "1003-1")],
+]
+
+
+def _plan(backend: SqlBackend, params: list[tuple[str, str]]) -> str:
+    query = parse_search(["Observation"], params, default_count=20, max_count=100, base_url="http://x/fhir")
+    where = [R.deleted.is_(False), R.res_type == "Observation"]
+    where += [Planner(now_ms()).predicate(c, resource) for c in query.conditions]
+    stmt = sa.select(R.pid).where(*where).order_by(R.pid).limit(21)
+    sql = str(stmt.compile(dialect=backend.engine.dialect, compile_kwargs={"literal_binds": True}))
+    prefix = "EXPLAIN QUERY PLAN " if backend.dialect.is_sqlite else "EXPLAIN "
+    with backend.engine.connect() as conn:
+        rows = conn.exec_driver_sql(prefix + sql).fetchall()
+    return "\n".join(str(r[-1]) for r in rows)
+
+
+@pytest.mark.parametrize("params", QUERIES, ids=["patient+code", "patient+category+date", "code"])
+def test_searches_use_the_lookup_indexes(loaded: SqlBackend, params: list[tuple[str, str]]) -> None:
+    plan = _plan(loaded, params)
+    if loaded.dialect.is_sqlite:
+        # Every index table is reached through its covering lookup index, never scanned.
+        assert "USING COVERING INDEX ix_idx_" in plan, plan
+        assert not any(line.strip().startswith(("SCAN idx_", "SCAN resource")) and "INDEX" not in line
+                       for line in plan.splitlines()), plan
+    else:
+        assert "ix_idx_" in plan, plan
+        assert "Seq Scan on idx_" not in plan, plan
