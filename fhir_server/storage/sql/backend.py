@@ -227,6 +227,9 @@ class SqlBackend:
             if not self.dialect.is_sqlite:
                 conn.rollback()  # the pool's pre-ping may have opened a transaction
                 conn.autocommit = True
+                # This connection only runs primary-key reads, whose generic plan is always the
+                # right one: preparing them saves the planning on every read.
+                conn.prepare_threshold = 5
             self._tx.reader_fairy = fairy  # keeps the detached connection open
             self._tx.reader = conn
         return conn

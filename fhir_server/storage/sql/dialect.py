@@ -37,7 +37,11 @@ def create_engine(url: str, *, pool_size: int, timeout_s: float) -> Engine:
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_timeout=timeout_s,
-        connect_args={"connect_timeout": max(1, int(timeout_s))} if u.get_backend_name() == "postgresql" else {},
+        # No server-side prepared statements: after five executions PostgreSQL may switch a
+        # prepared search to a generic plan that ignores the values; measured on the 100-patient
+        # set, Observation?patient+category went from 77 ms to 13 ms with custom plans.
+        connect_args={"connect_timeout": max(1, int(timeout_s)), "prepare_threshold": None}
+        if u.get_backend_name() == "postgresql" else {},
     )
     return engine
 
