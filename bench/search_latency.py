@@ -10,13 +10,13 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 
-from bench.rest import PG_URL
+from bench.rest import SetupError, Target, database_url
 from bench.synthea import SHARED, load, sample_values
 
 ROUNDS = 40
@@ -38,62 +38,40 @@ QUERIES = {
 }
 
 
-def _database(kind: str, tmp: Path) -> tuple[str, Callable[[], None]]:
-    if kind == "sqlite":
-        return f"sqlite:///{tmp / 'search.db'}", lambda: None
-    import sqlalchemy as sa
-
-    admin = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-    schema = "bench_search_" + uuid.uuid4().hex[:8]
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-
-    def drop() -> None:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        admin.dispose()
-
-    sep = "&" if "?" in PG_URL else "?"
-    return f"{PG_URL}{sep}options=-csearch_path%3D{schema}", drop
-
-
 def _one(kind: str, report: Callable[..., None]) -> None:
     from fhir_server.search.extract import Indexer
     from fhir_server.storage.sql.backend import SqlBackend
     from tests.server_process import ServerProcess
 
-    with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-search-") as tmp, ExitStack() as stack:
         try:
-            url, drop = _database(kind, Path(tmp))
-        except Exception as exc:  # noqa: BLE001 - no PostgreSQL: skip that half
+            url = stack.enter_context(database_url(Target(kind), Path(tmp)))
+        except SetupError as exc:
             print(f"search_latency: {kind} skipped ({exc})")
             return
-        try:
-            backend = SqlBackend(url, indexer=Indexer("http://127.0.0.1/fhir"))
-            backend.start()
-            loaded, seconds, skipped = load(backend, "large")
-            values = sample_values(backend)
-            backend.close()
-            report(f"{kind}: load 100-patient set (batched, validated, indexed)", loaded / seconds, "resources/s")
-            print(f"search_latency[{kind}]: loaded {loaded} resources in {seconds:.1f} s ({skipped} invalid skipped)")
-            with ServerProcess(url) as server, httpx.Client(base_url=server.base + "/", timeout=60) as client:
-                for name, template in QUERIES.items():
-                    path = template.format(**values)
-                    first = client.get(path)
-                    if first.status_code != 200:
-                        raise RuntimeError(f"{path} answered {first.status_code}: {first.text[:300]}")
-                    times = []
-                    for _ in range(ROUNDS):
-                        t = time.perf_counter()
-                        r = client.get(path)
-                        times.append((time.perf_counter() - t) * 1000)
-                        r.raise_for_status()
-                    times.sort()
-                    total = first.json().get("total")
-                    report(f"{kind}: {name} p50 (total={total})", statistics.median(times), "ms")
-                    report(f"{kind}: {name} p95", times[int(len(times) * 0.95) - 1], "ms")
-        finally:
-            drop()
+        backend = SqlBackend(url, indexer=Indexer("http://127.0.0.1/fhir"))
+        backend.start()
+        loaded, seconds, skipped = load(backend, "large")
+        values = sample_values(backend)
+        backend.close()
+        report(f"{kind}: load 100-patient set (batched, validated, indexed)", loaded / seconds, "resources/s")
+        print(f"search_latency[{kind}]: loaded {loaded} resources in {seconds:.1f} s ({skipped} invalid skipped)")
+        with ServerProcess(url) as server, httpx.Client(base_url=server.base + "/", timeout=60) as client:
+            for name, template in QUERIES.items():
+                path = template.format(**values)
+                first = client.get(path)
+                if first.status_code != 200:
+                    raise RuntimeError(f"{path} answered {first.status_code}: {first.text[:300]}")
+                times = []
+                for _ in range(ROUNDS):
+                    t = time.perf_counter()
+                    r = client.get(path)
+                    times.append((time.perf_counter() - t) * 1000)
+                    r.raise_for_status()
+                times.sort()
+                total = first.json().get("total")
+                report(f"{kind}: {name} p50 (total={total})", statistics.median(times), "ms")
+                report(f"{kind}: {name} p95", times[int(len(times) * 0.95) - 1], "ms")
 
 
 def run(report: Callable[..., None]) -> None:

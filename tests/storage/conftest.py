@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,21 @@ def pg_admin() -> Iterator[sa.Engine | None]:
     yield engine
     if engine is not None:
         engine.dispose()
+
+
+@contextmanager
+def pg_database() -> Iterator[str]:
+    """The URL of a fresh PostgreSQL schema, dropped afterwards; skips when PostgreSQL is unreachable."""
+    admin = _pg_engine()
+    if admin is None:
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL} (set FHIR_TEST_POSTGRES_URL)")
+    schema, url = pg_schema_url(admin)
+    try:
+        yield url
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.dispose()
 
 
 def pg_schema_url(admin: sa.Engine) -> tuple[str, str]:
