@@ -1,0 +1,106 @@
+"""Generate a ~1M-resource set by cloning the 100 Synthea patients with new ids, load it, time searches.
+
+    python -m bench.million --database sqlite:////tmp/million.db --copies 26 [--skip-load]
+
+Every clone gets fresh ids (uuid5 of copy number and original id) and its internal references are
+rewritten to them; Organizations and Practitioners are shared and loaded once.  Loading goes
+through the same validation and indexing as the API (bench/synthea.py), one transaction per
+bundle.  Then the search_latency queries run against a real server on that database.  Not part
+of the default `make bench`: loading a million resources takes a quarter of an hour or more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from bench.search_latency import QUERIES, ROUNDS
+from bench.synthea import _rewrite, bundles, sample_values
+from fhir_server.interactions.common import stamp
+from fhir_server.model import jsonio
+from fhir_server.model.validate import validate_resource
+from fhir_server.storage.base import WriteRequest
+
+_NS = uuid.UUID("6f1c3b7e-2d4a-4f0e-9a51-0b7c2e9d4a10")
+_SHARED_TYPES = {"Organization", "Practitioner", "Location", "PractitionerRole"}
+
+
+def _entries(copy: int) -> Iterator[list[dict[str, Any]]]:
+    """The entries of each bundle of one copy, ids renewed and references rewritten."""
+    for raw in bundles("large"):
+        bundle = jsonio.loads(raw)
+        entries = bundle.get("entry", []) if bundle.get("resourceType") == "Bundle" else [{"resource": bundle}]
+        shared = all(e["resource"]["resourceType"] in _SHARED_TYPES for e in entries)
+        if shared and copy > 0:
+            continue
+        ids: dict[str, str] = {}
+        for e in entries:
+            res = e["resource"]
+            new_id = res["id"] if res["resourceType"] in _SHARED_TYPES or copy == 0 else str(
+                uuid.uuid5(_NS, f"{copy}:{res['id']}"))
+            ids[e.get("fullUrl", "")] = f"{res['resourceType']}/{new_id}"
+            ids[f"{res['resourceType']}/{res['id']}"] = f"{res['resourceType']}/{new_id}"
+            res["id"] = new_id
+        yield [{"resource": _rewrite(e["resource"], ids)} for e in entries]
+
+
+def load_million(backend: Any, copies: int) -> tuple[int, float]:
+    loaded = 0
+    started = time.perf_counter()
+    for copy in range(copies):
+        for entries in _entries(copy):
+            with backend.transaction():
+                for e in entries:
+                    res = e["resource"]
+                    if any(i.severity == "error" for i in validate_resource(res)):
+                        continue
+                    backend.update(WriteRequest(res["resourceType"], res, id=res["id"]), stamp)
+                    loaded += 1
+        print(f"copy {copy + 1}/{copies}: {loaded:,} resources, {loaded / (time.perf_counter() - started):,.0f}/s",
+              flush=True)
+    backend.analyze()
+    return loaded, time.perf_counter() - started
+
+
+def main() -> None:
+    from fhir_server.search.extract import Indexer
+    from fhir_server.storage.sql.backend import SqlBackend
+    from tests.server_process import ServerProcess
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--database", required=True)
+    ap.add_argument("--copies", type=int, default=26)
+    ap.add_argument("--skip-load", action="store_true")
+    args = ap.parse_args()
+    backend = SqlBackend(args.database, indexer=Indexer("http://127.0.0.1/fhir"))
+    backend.start()
+    if not args.skip_load:
+        n, s = load_million(backend, args.copies)
+        print(f"loaded {n:,} resources in {s:,.0f} s ({n / s:,.0f}/s)")
+    values = sample_values(backend)
+    backend.close()
+    with ServerProcess(args.database) as server, httpx.Client(base_url=server.base + "/", timeout=120) as client:
+        total = client.get("_history", params={"_count": 0}).json().get("total")
+        print(f"history rows: {total}")
+        for name, template in QUERIES.items():
+            path = template.format(**values)
+            first = client.get(path)
+            first.raise_for_status()
+            times = []
+            for _ in range(ROUNDS):
+                t = time.perf_counter()
+                client.get(path).raise_for_status()
+                times.append((time.perf_counter() - t) * 1000)
+            times.sort()
+            print(f"{name} (total={first.json().get('total')}): p50 {statistics.median(times):.1f} ms, "
+                  f"p95 {times[int(len(times) * 0.95) - 1]:.1f} ms", flush=True)
+
+
+if __name__ == "__main__":
+    main()
