@@ -14,7 +14,7 @@ import json
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, false, func, literal, not_, or_, select, true
+from sqlalchemy import and_, exists, false, func, literal, not_, or_, select, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from fhir_server.errors import invalid
@@ -108,8 +108,26 @@ class Planner:
         self.now = now_ms
 
     # -- conditions ---------------------------------------------------------------------------
-    def predicate(self, cond: Any, r: Any) -> ColumnElement[bool]:
-        """A boolean expression on the resource-table alias ``r``."""
+    @staticmethod
+    def selectivity(cond: Any) -> int:
+        """Rank conditions by how few rows they are likely to match (lower drives the query)."""
+        if isinstance(cond, Condition):
+            if cond.modifier in ("not", "missing"):
+                return 9
+            return {"id": 0, "reference": 1, "string": 3, "uri": 3, "composite": 3, "quantity": 4,
+                    "number": 4, "token": 5, "date": 6, "lastUpdated": 7}.get(cond.kind, 8)
+        if isinstance(cond, Chain | Has):
+            return 2
+        return 8
+
+    def predicate(self, cond: Any, r: Any, drive: bool = True) -> ColumnElement[bool]:
+        """A boolean expression on the resource-table alias ``r``.
+
+        The driving condition becomes ``pid IN (index lookup)``, which both databases evaluate
+        once and join from.  The others (``drive=False``) become correlated EXISTS probes on the
+        index table's (pid, param) index: measured at 1M resources, materialising
+        ``category=laboratory`` (~500k pids) to intersect it with one patient's 1,400
+        Observations took 127-470 ms; probing those 1,400 candidates does not."""
         if isinstance(cond, AnyOf):
             return or_(*[self.predicate(c, r) for c in cond.conditions])
         if isinstance(cond, Chain):
@@ -126,16 +144,21 @@ class Planner:
             if cond.modifier == "missing":
                 return false() if cond.values[0] else true()
             return or_(*[date_clause(r.c.lu_ms, r.c.lu_ms + 1, v, self.now) for v in cond.values])
-        table = INDEX_TABLES[cond.kind if cond.kind in INDEX_TABLES else "token"]
+        table: Any = INDEX_TABLES[cond.kind if cond.kind in INDEX_TABLES else "token"]
+        if not drive:
+            table = table.alias()
         base = [table.c.param == cond.code]
         if cond.resource_type:
             base.insert(0, table.c.res_type == cond.resource_type)
-        if cond.modifier == "missing":
-            present = r.c.pid.in_(select(table.c.pid).where(*base))
-            return not_(present) if cond.values[0] else present
-        match = or_(*[self._value(cond, table, v) for v in cond.values])
-        found = r.c.pid.in_(select(table.c.pid).where(*base, match))
-        return not_(found) if cond.modifier == "not" else found
+        tests = list(base)
+        if cond.modifier != "missing":
+            tests.append(or_(*[self._value(cond, table, v) for v in cond.values]))
+        if drive:
+            found: ColumnElement[bool] = r.c.pid.in_(select(table.c.pid).where(*tests))
+        else:
+            found = exists().where(table.c.pid == r.c.pid, *tests)
+        negate = cond.values[0] if cond.modifier == "missing" else cond.modifier == "not"
+        return not_(found) if negate else found
 
     def _value(self, cond: Condition, t: Any, v: Any) -> ColumnElement[bool]:
         kind, mod = cond.kind, cond.modifier
