@@ -46,9 +46,5 @@ class FhirError(Exception):
         return operation_outcome(self.issues)
 
 
-def not_found(diagnostics: str) -> FhirError:
-    return FhirError(404, diagnostics, code="not-found")
-
-
 def invalid(diagnostics: str, status: int = 400) -> FhirError:
     return FhirError(status, diagnostics, code="invalid")

@@ -11,7 +11,6 @@ from fhir_server.http.negotiation import parse_body, render_dict, render_stored
 from fhir_server.http.request import FhirRequest
 from fhir_server.model import jsonio
 from fhir_server.model.bundle import http_date
-from fhir_server.model.registry import require_served_type
 from fhir_server.model.validate import validate_resource
 from fhir_server.storage.base import Backend, StoredResource
 
@@ -97,7 +96,3 @@ def write_response(
                             req.fmt.content_type, headers)
     assert stored.body is not None
     return FhirResponse(status, render_stored(stored.body, req.fmt), req.fmt.content_type, headers)
-
-
-def check_type(resource_type: str) -> None:
-    require_served_type(resource_type)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from fhir_server.storage.base import WriteRequest
 from fhir_server.storage.sql.backend import R, SqlBackend
 from fhir_server.storage.sql.schema import resource
 from fhir_server.storage.sql.search_sql import Planner
-from tests.storage.conftest import pg_schema_url
+from tests.storage.conftest import pg_database
 
 
 def _observation(i: int) -> dict[str, object]:
@@ -29,27 +30,20 @@ def _observation(i: int) -> dict[str, object]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def loaded(request: pytest.FixtureRequest, tmp_path: Path, pg_admin: sa.Engine | None) -> Iterator[SqlBackend]:
-    schema = None
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/plans.db"
-    else:
-        if pg_admin is None:
-            pytest.skip("PostgreSQL not reachable (set FHIR_TEST_POSTGRES_URL)")
-        schema, url = pg_schema_url(pg_admin)
-    backend = SqlBackend(url, indexer=Indexer("http://x/fhir"))
-    backend.start()
-    with backend.transaction():
-        for i in range(2000):
-            backend.create(WriteRequest("Observation", _observation(i)), stamp)
-    backend.analyze()
-    try:
+def loaded(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlBackend]:
+    with ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path}/plans.db"
+        else:
+            url = stack.enter_context(pg_database())
+        backend = SqlBackend(url, indexer=Indexer("http://x/fhir"))
+        stack.callback(backend.close)
+        backend.start()
+        with backend.transaction():
+            for i in range(2000):
+                backend.create(WriteRequest("Observation", _observation(i)), stamp)
+        backend.analyze()
         yield backend
-    finally:
-        backend.close()
-        if schema is not None and pg_admin is not None:
-            with pg_admin.begin() as conn:
-                conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
 
 
 QUERIES = [

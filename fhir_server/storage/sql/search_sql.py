@@ -36,6 +36,8 @@ from fhir_server.search.query import (
 from fhir_server.storage.sql.schema import INDEX_TABLES, idx_reference, resource
 
 _TOP = "\U0010ffff"  # sorts after every other code point: the upper bound of a prefix range
+# Kinds that sort by one text column of their index table.
+_TEXT_SORT = {"string": "value_norm", "token": "code", "uri": "uri", "reference": "target_id"}
 
 
 def _prefix(col: Any, value: str) -> ColumnElement[bool]:
@@ -264,18 +266,9 @@ class Planner:
             return r.c.lu_ms
         agg = func.max if key.descending else func.min
         blank: Any
-        if key.kind in ("string",):
-            t = INDEX_TABLES["string"]
-            col, blank = t.c.value_norm, ("" if key.descending else _TOP)
-        elif key.kind == "token":
-            t = INDEX_TABLES["token"]
-            col, blank = t.c.code, ("" if key.descending else _TOP)
-        elif key.kind == "uri":
-            t = INDEX_TABLES["uri"]
-            col, blank = t.c.uri, ("" if key.descending else _TOP)
-        elif key.kind == "reference":
-            t = INDEX_TABLES["reference"]
-            col, blank = t.c.target_id, ("" if key.descending else _TOP)
+        if key.kind in _TEXT_SORT:
+            t = INDEX_TABLES[key.kind]
+            col, blank = t.c[_TEXT_SORT[key.kind]], ("" if key.descending else _TOP)
         elif key.kind == "date":
             t = INDEX_TABLES["date"]
             col = t.c.hi_ms if key.descending else t.c.lo_ms
