@@ -39,13 +39,15 @@ class Settings:
 
 
 def spec_for(
-    settings: Settings, port: int, path: str, *, method: str = "GET", body: BodySource = None
+    settings: Settings, port: int, path: str, *, method: str = "GET", body: BodySource = None,
+    authorization: str = "",
 ) -> LoadSpec:
     return LoadSpec(
         port=port,
         path=path,
         method=method,
         body=body,
+        authorization=authorization,
         connections=settings.connections,
         seconds=settings.seconds,
         warmup=settings.warmup,

@@ -49,6 +49,7 @@ class LoadSpec:
     body: BodySource = None
     content_type: str = "application/fhir+json"
     accept: str = "application/fhir+json"
+    authorization: str = ""  # an Authorization header value sent with every request ("" for none)
     connections: int = 32
     seconds: float = 5.0
     warmup: float = 1.0
@@ -204,6 +205,7 @@ class _Generator:
         head = (
             f"{spec.method} {spec.path} HTTP/1.1\r\nHost: {spec.host}:{spec.port}\r\n"
             f"Accept: {spec.accept}\r\nUser-Agent: fhir-server-bench\r\n"
+            + (f"Authorization: {spec.authorization}\r\n" if spec.authorization else "")
         ).encode("latin-1")
         self.head = head
         self.ctype = f"Content-Type: {spec.content_type}\r\n".encode("latin-1")

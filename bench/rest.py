@@ -53,6 +53,7 @@ class Target:
 
     database: str = "sqlite"  # sqlite | postgresql
     workers: int = 1
+    auth: bool = False  # FHIR_AUTH=smart, with a bearer token on every request
 
 
 @contextmanager
@@ -100,8 +101,38 @@ def our_server(target: Target) -> Iterator[ServerProcess]:
         port = free_port()
         cmd = [sys.executable, "-m", CLI_MODULE, "serve"]
         env = server_env(port, db_url, target.workers)
+        if target.auth:
+            env["FHIR_AUTH"] = "smart"
         with serve("fhir-server", cmd, port, "/health", env=env) as server:
-            yield server
+            _TOKENS[port] = _mint_token(port, db_url) if target.auth else ""
+            try:
+                yield server
+            finally:
+                _TOKENS.pop(port, None)
+
+
+# port -> "Bearer ..." of a server started with FHIR_AUTH=smart ("" without authorisation)
+_TOKENS: dict[int, str] = {}
+
+
+def _mint_token(port: int, db_url: str) -> str:
+    """A system/*.cruds token signed with the server's own key, read from its database."""
+    from fhir_server.auth.services import AuthServices
+    from fhir_server.config import Settings as ServerSettings
+    from fhir_server.storage.sql.backend import SqlBackend
+
+    backend = SqlBackend(db_url)
+    try:
+        services = AuthServices.open(backend, ServerSettings(host=HOST, port=port, database_url=db_url))
+        token, _ = services.tokens.issue_access(client_id="sandbox", sub="bench", scope="system/*.cruds")
+    finally:
+        backend.close()
+    return f"Bearer {token}"
+
+
+def _auth_headers(port: int) -> dict[str, str]:
+    token = _TOKENS.get(port, "")
+    return {"Authorization": token} if token else {}
 
 
 def create_patient(port: int, run_tag: str) -> str:
@@ -109,7 +140,7 @@ def create_patient(port: int, run_tag: str) -> str:
     body = create_body(f"{run_tag}-seed")(0)
     conn = http.client.HTTPConnection(HOST, port, timeout=30)
     try:
-        headers = {"Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE}
+        headers = {"Content-Type": MEDIA_TYPE, "Accept": MEDIA_TYPE, **_auth_headers(port)}
         conn.request("POST", "/fhir/Patient", body=body, headers=headers)
         resp = conn.getresponse()
         payload = resp.read()
@@ -127,7 +158,7 @@ def create_patient(port: int, run_tag: str) -> str:
 def _get_status(port: int, path: str) -> int:
     conn = http.client.HTTPConnection(HOST, port, timeout=30)
     try:
-        conn.request("GET", path, headers={"Accept": MEDIA_TYPE})
+        conn.request("GET", path, headers={"Accept": MEDIA_TYPE, **_auth_headers(port)})
         resp = conn.getresponse()
         resp.read()
         return resp.status
@@ -142,7 +173,8 @@ def run_read(settings: Settings, target: Target = Target()) -> LoadResult:
         status = _get_status(server.port, path)
         if status != 200:
             raise SetupError(f"GET {path} answered {status} right after the create")
-        return drive(server, spec_for(settings, server.port, path), settings)
+        return drive(server, spec_for(settings, server.port, path, authorization=_TOKENS.get(server.port, "")),
+                     settings)
 
 
 def run_create(settings: Settings, target: Target = Target()) -> LoadResult:

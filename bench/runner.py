@@ -50,6 +50,8 @@ LOAD_WORKLOADS: dict[str, LoadWorkload] = {
         LoadWorkload("bare", "bare ASGI app on uvicorn: GET Patient bytes", run_bare, (200,)),
         LoadWorkload("fastapi", "minimal FastAPI route on uvicorn: GET Patient bytes", run_fastapi, (200,)),
         LoadWorkload("read", "our server: GET /fhir/Patient/{id}", run_read, (200,), needs_our_server=True),
+        LoadWorkload("read-auth", "our server, FHIR_AUTH=smart: GET /fhir/Patient/{id} with a bearer token",
+                     partial(run_read, target=Target("sqlite", 1, auth=True)), (200,), needs_our_server=True),
         LoadWorkload("create", "our server: POST /fhir/Patient", run_create, (201,), needs_our_server=True),
         LoadWorkload("search", "our server: GET /fhir/Patient?_lastUpdated=gt..&_count=20 (200 Patients)",
                      run_search, (200,), needs_our_server=True),
@@ -77,11 +79,14 @@ MICRO_PLUGINS: dict[str, str] = {
     "model": "bench.model_micro",
     "xml_codec": "bench.xml_codec",
     "search_latency": "bench.search_latency",
+    "import_rate": "bench.import_rate",
+    "export_rate": "bench.export_rate",
+    "profile_validation": "bench.profile_validation",
 }
 
 GROUPS: dict[str, list[str]] = {
     "baselines": ["cap", "bare", "fastapi"],
-    "rest": ["read", "create", "search"],
+    "rest": ["read", "read-auth", "create", "search"],
     "scaling": [f"{k}{s}" for s in ("", "-2w", "-pg", "-pg-2w") for k in ("read", "create", "search")],
     "load": list(LOAD_WORKLOADS),
     "micro": list(MICRO_PLUGINS),
@@ -254,6 +259,7 @@ def ratios(run: Run) -> list[dict[str, Any]]:
     ratio("read / minimal FastAPI", "read", "fastapi", GOAL_READ_VS_FASTAPI)
     ratio("read / bare ASGI", "read", "bare")
     ratio("minimal FastAPI / bare ASGI", "fastapi", "bare", note="ARCHITECTURE.md: 9,700/36,000 = 0.27")
+    ratio("read with a bearer token / read without (FHIR_AUTH=smart vs off)", "read-auth", "read")
     # Scaling: two workers against one, and PostgreSQL against SQLite (the machine has 2 cores,
     # shared with the load generator, so 2 workers can at best approach 2x).
     for kind in ("read", "create", "search"):

@@ -37,6 +37,7 @@ wrk.method = "%(method)s"
 wrk.path = "%(path)s"
 wrk.headers["Accept"] = "%(accept)s"
 wrk.headers["User-Agent"] = "fhir-server-bench"
+if "%(authorization)s" ~= "" then wrk.headers["Authorization"] = "%(authorization)s" end
 if #parts > 0 then
   wrk.headers["Content-Type"] = "%(content_type)s"
   if not counted then wrk.body = parts[1] end
@@ -153,6 +154,7 @@ def run_wrk(
                 "method": _lua_string(spec.method),
                 "path": _lua_string(spec.path),
                 "accept": _lua_string(spec.accept),
+                "authorization": _lua_string(spec.authorization),
                 "content_type": _lua_string(spec.content_type),
                 "mark": _MARK,
             }

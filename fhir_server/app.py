@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,6 +14,7 @@ from fastapi.responses import JSONResponse
 
 from capability.statement import build_capability_statement
 from fhir_server import __version__
+from fhir_server.auth.endpoints import oauth_router
 from fhir_server.config import Settings
 from fhir_server.http.asgi import FhirAsgiApp
 from fhir_server.interactions.common import Context
@@ -34,7 +36,8 @@ class ServerApp:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if path.startswith(self.prefix) and (len(path) == len(self.prefix) or path[len(self.prefix)] == "/"):
+            if (path.startswith(self.prefix) and (len(path) == len(self.prefix) or path[len(self.prefix)] == "/")
+                    and not path.startswith(self.prefix + "/.well-known/")):
                 await self.fhir(scope, receive, send)
                 return
         await self.api(scope, receive, send)
@@ -49,6 +52,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         startup(ctx)
         yield
+        if ctx.export_worker is not None:
+            ctx.export_worker.stop()
         backend.close()
 
     api = FastAPI(title="fhir-server", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -58,6 +63,9 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         ok = backend.ping()
         return JSONResponse({"status": "ok" if ok else "unavailable"}, status_code=200 if ok else 503)
 
+    if settings.auth == "smart":
+        api.include_router(oauth_router(ctx))
+
     return ServerApp(api, FhirAsgiApp(ctx))
 
 
@@ -66,9 +74,57 @@ def startup(ctx: Context) -> None:
     if ctx.capability:
         return
     ctx.backend.start()
-    ctx.capability.update(build_capability_statement(ctx.base))
+    if ctx.settings.auth == "smart":
+        from fhir_server.auth.bootstrap import ensure_sandbox
+        from fhir_server.auth.services import AuthServices
+
+        ctx.auth = AuthServices.open(ctx.backend, ctx.settings)
+        ctx.auth.keyring.signing_key()  # created (and persisted) before the first token is asked for
+        message = ensure_sandbox(ctx.auth.store, ctx.base)
+        if message:
+            # Credentials go to the console of the person who started the server, never to the log.
+            print(message, flush=True)
+    else:
+        log.warning("FHIR_AUTH=off: every request is served without authorisation")
+    engine = getattr(ctx.backend, "engine", None)
+    if engine is not None:
+        from fhir_server.bulk.jobs import ExportStore
+        from fhir_server.bulk.worker import ExportWorker
+
+        ctx.exports = ExportStore(engine)
+        ctx.export_worker = ExportWorker(ctx, ctx.exports)
+        ctx.export_worker.start()
+    from fhir_server.interactions.conformance import check_requirement
+
+    check_requirement(ctx.settings.require_profiles)
+    ctx.capability.update(build_capability_statement(ctx.base, ctx.settings.conditional_delete,
+                                                     smart=ctx.settings.auth == "smart",
+                                                     supported_profiles=_supported_profiles()))
     tune_gc()
     log.info("FHIR server ready at %s", ctx.base)
+
+
+def _supported_profiles() -> dict[str, list[str]]:
+    """Resource type -> the profiles the validator knows for it; their check plans are compiled in
+    the background (a first write that needs one before then compiles it itself)."""
+    from fhir_server.interactions.conformance import validator
+
+    v = validator()
+    by_type: dict[str, list[str]] = {}
+    for canonical in v.profiles():
+        sd = v.conformance.sd(canonical)
+        if sd is not None:
+            by_type.setdefault(sd["type"], []).append(canonical)
+    global _warming
+    with _warm_lock:
+        if not _warming:  # once per process: the validator and its compiled plans are process-wide
+            _warming = True
+            threading.Thread(target=v.warm_up, name="profile-warm-up", daemon=True).start()
+    return by_type
+
+
+_warm_lock = threading.Lock()
+_warming = False
 
 
 def tune_gc() -> None:

@@ -8,7 +8,7 @@ OperationOutcome in the negotiated format; no traceback ever reaches a client.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 import anyio
@@ -17,9 +17,13 @@ import anyio.to_thread
 from fhir_server.errors import FhirError, OutcomeIssue, operation_outcome
 from fhir_server.http.negotiation import DEFAULT_FORMAT, OutFormat, choose_format, render_dict
 from fhir_server.http.request import FhirRequest
-from fhir_server.http.router import resolve
+from fhir_server.http.router import Route, resolve
 from fhir_server.interactions.common import Context, FhirResponse
-from fhir_server.storage.base import BackendUnavailable
+from fhir_server.storage.base import BackendUnavailable, WriteConflict
+
+if TYPE_CHECKING:
+    from fhir_server.auth.authenticate import Authenticator
+    from fhir_server.auth.policy import AccessPolicy
 
 log = logging.getLogger("fhir_server.http")
 
@@ -39,6 +43,7 @@ class FhirAsgiApp:
         # queueing on SQLite's write lock burned more CPU on lock and GIL hand-offs than the writes.
         # (SQLite files take them: the backend batches them into group commits.)
         self.write_limiter = self.limiter if ctx.backend.parallel_writes else anyio.CapacityLimiter(1)
+        self._authenticator: Authenticator | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         fmt = DEFAULT_FORMAT
@@ -60,8 +65,9 @@ class FhirAsgiApp:
             rest = scope["path"][len(self.prefix):].strip("/")
             segments = rest.split("/") if rest else []
             route = resolve(method, segments)
+            policy = self._authenticate(route, headers)
             body = await self._read_body(receive, headers) if method in _BODY_METHODS else b""
-            req = FhirRequest(method, segments, query, headers, body, self.ctx.base, fmt)
+            req = FhirRequest(method, segments, query, headers, body, self.ctx.base, fmt, policy=policy)
             if route.reads_only and self.ctx.backend.fast_reads:
                 resp = route.handler(self.ctx, req, *route.args)
             else:
@@ -72,6 +78,16 @@ class FhirAsgiApp:
         except Exception as exc:  # noqa: BLE001 - every failure becomes an OperationOutcome
             resp = _error_response(exc, fmt)
         await _send(send, resp, head)
+
+    def _authenticate(self, route: Route, headers: dict[str, str]) -> AccessPolicy | None:
+        """The caller's policy (None with FHIR_AUTH=off); the CapabilityStatement is public."""
+        if self.ctx.auth is None or route.public:
+            return None
+        if self._authenticator is None:
+            from fhir_server.auth.authenticate import Authenticator
+
+            self._authenticator = Authenticator(self.ctx.auth)
+        return self._authenticator.policy(headers)
 
     @staticmethod
     def _format(query: list[tuple[str, str]], headers: dict[str, str]) -> OutFormat:
@@ -109,6 +125,11 @@ def _error_response(exc: Exception, fmt: OutFormat) -> FhirResponse:
         status, issues, extra = exc.status, exc.issues, exc.headers
         if status == 406:
             fmt = DEFAULT_FORMAT  # the client's format is the problem; answer in JSON
+    elif isinstance(exc, WriteConflict):
+        log.warning("write conflict, transaction aborted: %s", exc)
+        status, extra = 409, {"Retry-After": "1"}
+        issues = [OutcomeIssue("error", "conflict", "A concurrent write to the same resources aborted this one; "
+                                                    "nothing of it was kept; retry")]
     elif isinstance(exc, BackendUnavailable):
         log.error("database unavailable: %s", exc)
         status, extra = 503, {"Retry-After": "5"}
@@ -131,6 +152,14 @@ async def _send(send: Any, resp: FhirResponse, head: bool = False) -> None:
     if resp.content_type is not None:
         raw.append((b"content-type", resp.content_type.encode("latin-1")))
     if resp.status != 304:
-        raw.append((b"content-length", str(len(resp.body)).encode()))
+        length = resp.length if resp.stream is not None else len(resp.body)
+        raw.append((b"content-length", str(length).encode()))
     await send({"type": "http.response.start", "status": resp.status, "headers": raw})
+    if resp.stream is not None and not head:
+        # Each piece is read from the database in a worker thread, then sent: flat memory.
+        stream = resp.stream
+        while (piece := await anyio.to_thread.run_sync(next, stream, None)) is not None:
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
     await send({"type": "http.response.body", "body": b"" if head or resp.status == 304 else resp.body})

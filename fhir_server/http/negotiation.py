@@ -25,6 +25,9 @@ _FORMAT_ALIASES = {
     "application/fhir+xml": "xml",
     "text/xml": "xml",
 }
+# Accepted, never sent as a request body: bulk export files are NDJSON, and what else such a
+# request may get back (an OperationOutcome) is JSON.
+_ACCEPT_ALIASES = {**_FORMAT_ALIASES, "application/fhir+ndjson": "json", "application/ndjson": "json"}
 _ACCEPT_ANY = {"*/*", "application/*"}
 
 
@@ -70,7 +73,7 @@ def choose_format(format_param: str | None, accept: str | None, pretty_param: st
                     q = float(v)
                 except ValueError:
                     q = 0.0
-        kind = _FORMAT_ALIASES.get(mt) or ("json" if mt in _ACCEPT_ANY else None)
+        kind = _ACCEPT_ALIASES.get(mt) or ("json" if mt in _ACCEPT_ANY else None)
         if kind is None or q <= 0:
             continue
         # Highest q wins; among equals the first listed; an explicit type beats a wildcard.

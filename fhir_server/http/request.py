@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from fhir_server.http.negotiation import OutFormat
+
+if TYPE_CHECKING:
+    from fhir_server.auth.policy import AccessPolicy
 
 
 @dataclass(slots=True)
@@ -18,6 +22,8 @@ class FhirRequest:
     fmt: OutFormat
     # Parameters from a form body (POST _search) come after the query string ones.
     form: list[tuple[str, str]] = field(default_factory=list)
+    # What the caller's token allows; None when authorisation is off (FHIR_AUTH=off).
+    policy: AccessPolicy | None = None
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name)

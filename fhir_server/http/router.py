@@ -13,13 +13,17 @@ from typing import Any
 from fhir_server.errors import FhirError
 from fhir_server.interactions.capabilities import capabilities
 from fhir_server.interactions.create import create
-from fhir_server.interactions.delete import delete
+from fhir_server.interactions.delete import conditional_delete, delete
 from fhir_server.interactions.history import history
+from fhir_server.interactions.patch import conditional_patch, patch
 from fhir_server.interactions.read import read, vread
 from fhir_server.interactions.search import compartment_search, search
-from fhir_server.interactions.update import update
+from fhir_server.interactions.transaction import bundle
+from fhir_server.interactions.update import conditional_update, update
 from fhir_server.model.facts import get_facts
 from fhir_server.model.registry import require_served_type
+from fhir_server.operations import export, validate
+from fhir_server.operations.everything import everything
 
 Handler = Callable[..., Any]
 
@@ -29,6 +33,7 @@ class Route:
     handler: Handler
     args: tuple[str, ...]
     reads_only: bool  # no write: may run on the event loop when the backend's reads are fast
+    public: bool = False  # served without a token even when authorisation is on
 
 
 def _not_allowed(method: str, path: str, allowed: str) -> FhirError:
@@ -43,23 +48,32 @@ def _not_implemented(what: str) -> FhirError:
 def resolve(method: str, seg: list[str]) -> Route:
     n = len(seg)
     path = "/" + "/".join(seg)
-    if n and seg[-1].startswith("$") or (n > 1 and any(s.startswith("$") for s in seg)):
-        raise _not_implemented(f"Operation '{next(s for s in seg if s.startswith('$'))}'")
+    if any(s.startswith("$") for s in seg):
+        return _operation(method, seg, path)
     if n == 0:
         if method == "GET":
             return Route(search, (), True)
         if method == "POST":
-            raise _not_implemented("Batch and transaction Bundles")
+            return Route(bundle, (), False)
         raise _not_allowed(method, path, "GET, POST")
     head = seg[0]
     if head == "metadata" and n == 1:
         if method == "GET":
-            return Route(capabilities, (), True)
+            return Route(capabilities, (), True, public=True)
         raise _not_allowed(method, path, "GET")
     if head == "_history" and n == 1:
         if method == "GET":
             return Route(history, (), True)
         raise _not_allowed(method, path, "GET")
+    if head == "_export" and n in (2, 3):
+        # Status (GET), cancel (DELETE) and files of bulk export jobs.
+        if n == 2 and method == "GET":
+            return Route(export.status, (seg[1],), True)
+        if n == 2 and method == "DELETE":
+            return Route(export.cancel, (seg[1],), False)
+        if n == 3 and method == "GET":
+            return Route(export.download, (seg[1], seg[2]), True)
+        raise _not_allowed(method, path, "GET, DELETE" if n == 2 else "GET")
     if head == "_search" and n == 1:
         if method in ("GET", "POST"):
             return Route(search, (), method == "GET")
@@ -70,9 +84,13 @@ def resolve(method: str, seg: list[str]) -> Route:
             return Route(search, (head,), True)
         if method == "POST":
             return Route(create, (head,), False)
-        if method in ("PUT", "DELETE", "PATCH"):
-            raise _not_implemented(f"Conditional {'update' if method == 'PUT' else method.lower()}")
-        raise _not_allowed(method, path, "GET, POST")
+        if method == "PUT":
+            return Route(conditional_update, (head,), False)
+        if method == "DELETE":
+            return Route(conditional_delete, (head,), False)
+        if method == "PATCH":
+            return Route(conditional_patch, (head,), False)
+        raise _not_allowed(method, path, "GET, POST, PUT, DELETE, PATCH")
     second = seg[1]
     if second == "_search" and n == 2:
         if method in ("GET", "POST"):
@@ -90,8 +108,8 @@ def resolve(method: str, seg: list[str]) -> Route:
         if method == "DELETE":
             return Route(delete, (head, second), False)
         if method == "PATCH":
-            raise _not_implemented("PATCH")
-        raise _not_allowed(method, path, "GET, PUT, DELETE")
+            return Route(patch, (head, second), False)
+        raise _not_allowed(method, path, "GET, PUT, DELETE, PATCH")
     if seg[2] == "_history" and n == 3:
         if method == "GET":
             return Route(history, (head, second), True)
@@ -107,3 +125,35 @@ def resolve(method: str, seg: list[str]) -> Route:
             raise _not_implemented(f"Compartment search across all types ({path})")
         return Route(compartment_search, (head, second, seg[2]), True)
     raise FhirError(404, f"No FHIR interaction matches {method} {path}", code="not-found")
+
+
+# Operations this server implements: (type or None for system, instance?, name) -> handler.
+_OPERATIONS: dict[tuple[str | None, bool, str], Handler] = {
+    ("Patient", True, "$everything"): everything,
+    ("Encounter", True, "$everything"): everything,
+    (None, False, "$export"): export.kickoff,
+    ("Patient", False, "$export"): export.kickoff,
+    ("Group", True, "$export"): export.kickoff,
+    ("*", False, "$validate"): validate.validate,  # "*": every served type
+    ("*", True, "$validate"): validate.validate,
+}
+# Operations that change state (queue a job) or take real CPU: never run on the event loop.
+_OFF_LOOP = {export.kickoff, validate.validate}
+
+
+def _operation(method: str, seg: list[str], path: str) -> Route:
+    n = len(seg)
+    name = seg[-1]
+    if not name.startswith("$") or n > 3:
+        raise FhirError(404, f"No FHIR interaction matches {method} {path}", code="not-found")
+    rt = seg[0] if n > 1 else None
+    if rt is not None:
+        require_served_type(rt)
+    handler = _OPERATIONS.get((rt, n == 3, name)) or (_OPERATIONS.get(("*", n == 3, name)) if rt else None)
+    if handler is None:
+        level = "instance" if n == 3 else "type" if n == 2 else "system"
+        raise _not_implemented(f"Operation '{name}' at the {level} level{f' of {rt}' if rt else ''}")
+    # Operations without side effects take GET as well as POST (R4 operations.html).
+    if method not in ("GET", "POST"):
+        raise _not_allowed(method, path, "GET, POST")
+    return Route(handler, tuple(seg[:-1]), method == "GET" and handler not in _OFF_LOOP)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fhir_server.config import Settings
 from fhir_server.errors import FhirError, OutcomeIssue, operation_outcome
@@ -14,6 +15,11 @@ from fhir_server.model.bundle import http_date
 from fhir_server.model.validate import validate_resource
 from fhir_server.storage.base import Backend, StoredResource
 
+if TYPE_CHECKING:
+    from fhir_server.auth.services import AuthServices
+    from fhir_server.bulk.jobs import ExportStore
+    from fhir_server.bulk.worker import ExportWorker
+
 
 @dataclass(slots=True)
 class Context:
@@ -21,6 +27,20 @@ class Context:
     backend: Backend
     base: str
     capability: dict[str, Any] = field(default_factory=dict)
+    auth: AuthServices | None = None  # set at startup when FHIR_AUTH=smart
+    exports: ExportStore | None = None  # bulk export jobs (SQL backends), set at startup
+    export_worker: ExportWorker | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a write did, before it becomes an HTTP response or a Bundle response entry."""
+
+    status: int  # 200 | 201
+    stored: StoredResource | None  # None: a delete that found nothing (or several things)
+    message: str
+    outcome_code: str = "informational"  # IssueType of the message when it is the response
+    unchanged: bool = False  # an upsert found the same content stored and wrote nothing
 
 
 @dataclass(slots=True)
@@ -29,6 +49,10 @@ class FhirResponse:
     body: bytes = b""
     content_type: str | None = None
     headers: list[tuple[str, str]] = field(default_factory=list)
+    # A large body sent as it is read (bulk export files); ``body`` is then unused and
+    # ``length`` gives the Content-Length.
+    stream: Iterator[bytes] | None = None
+    length: int = 0
 
 
 def stamp(resource: dict[str, Any], id: str, version: int, last_updated: str) -> bytes:
@@ -49,6 +73,12 @@ def stamp(resource: dict[str, Any], id: str, version: int, last_updated: str) ->
 def parse_resource(ctx: Context, req: FhirRequest, resource_type: str) -> dict[str, Any]:
     """Decode and validate a request body as a resource of ``resource_type`` (400 on any error)."""
     data = parse_body(req.header("content-type"), req.body, xml_max_depth=ctx.settings.xml_max_depth)
+    return check_resource(data, resource_type, ctx)
+
+
+def check_resource(data: Any, resource_type: str, ctx: Context | None = None) -> dict[str, Any]:
+    """Validate decoded JSON as a resource of ``resource_type``: 400 with every structural problem
+    found; with ``ctx`` (a resource about to be written) also its profiles, 422 on their errors."""
     if not isinstance(data, dict):
         raise FhirError(400, [OutcomeIssue("error", "structure", "The body must be a JSON object holding a resource")])
     found = data.get("resourceType")
@@ -67,6 +97,10 @@ def parse_resource(ctx: Context, req: FhirRequest, resource_type: str) -> dict[s
             [OutcomeIssue(p.severity, p.code, p.diagnostics, (p.expression,) if p.expression else ())
              for p in problems if p.severity != "information"],
         )
+    if ctx is not None:
+        from fhir_server.interactions.conformance import check_profiles
+
+        check_profiles(ctx.settings, resource_type, data, ctx.backend)
     return data
 
 
@@ -80,6 +114,16 @@ def resource_headers(stored: StoredResource) -> list[tuple[str, str]]:
 
 def location(base: str, stored: StoredResource) -> str:
     return f"{base}/{stored.resource_type}/{stored.id}/_history/{stored.version}"
+
+
+def result_response(ctx: Context, req: FhirRequest, result: WriteResult) -> FhirResponse:
+    if result.stored is None:
+        return FhirResponse(result.status, outcome_body(req, "information", result.outcome_code, result.message),
+                            req.fmt.content_type)
+    if result.stored.deleted:
+        return FhirResponse(result.status, outcome_body(req, "information", "informational", result.message),
+                            req.fmt.content_type, [("ETag", result.stored.etag)])
+    return write_response(ctx, req, result.stored, result.status, result.message)
 
 
 def write_response(

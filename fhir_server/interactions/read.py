@@ -41,10 +41,28 @@ def _respond(req: FhirRequest, stored: StoredResource) -> FhirResponse:
     return FhirResponse(200, render_stored(stored.body, req.fmt), req.fmt.content_type, headers)
 
 
+def _check(ctx: Context, req: FhirRequest, stored: StoredResource) -> None:
+    """403 unless the caller may see this resource.  A deleted version has no content to judge,
+    so the version before the delete decides: "gone" is itself a fact about the resource."""
+    policy = req.policy
+    if policy is None:
+        return
+    judged = stored
+    if stored.deleted and stored.version > 1:
+        before = ctx.backend.vread(stored.resource_type, stored.id, stored.version - 1)
+        judged = before if before is not None else stored
+    if not policy.visible(judged):
+        raise FhirError(403, f"{stored.resource_type}/{stored.id} is outside what the granted scopes allow",
+                        code="forbidden")
+
+
 def read(ctx: Context, req: FhirRequest, resource_type: str, id: str) -> FhirResponse:
+    if req.policy is not None:
+        req.policy.require("r", resource_type)
     stored = ctx.backend.read(resource_type, id)
     if stored is None:
         raise FhirError(404, f"Resource {resource_type}/{id} is not known", code="not-found")
+    _check(ctx, req, stored)
     if stored.deleted:
         raise _gone(stored)
     return _respond(req, stored)
@@ -55,9 +73,12 @@ def vread(ctx: Context, req: FhirRequest, resource_type: str, id: str, version: 
         vid = int(version)
     except ValueError:
         raise FhirError(404, f"Version '{version}' of {resource_type}/{id} is not known", code="not-found") from None
+    if req.policy is not None:
+        req.policy.require("r", resource_type)
     stored = ctx.backend.vread(resource_type, id, vid)
     if stored is None:
         raise FhirError(404, f"Version {version} of {resource_type}/{id} is not known", code="not-found")
+    _check(ctx, req, stored)
     if stored.deleted:
         raise _gone(stored)
     return _respond(req, stored)

@@ -8,6 +8,8 @@ where an access policy filters results.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from fhir_server.errors import FhirError, OutcomeIssue, operation_outcome
@@ -21,10 +23,13 @@ from fhir_server.model.facts import get_facts
 from fhir_server.model.instant import now_instant
 from fhir_server.model.registry import require_served_type, served_types
 from fhir_server.search.parse import parse_search
-from fhir_server.search.query import AnyOf, Condition, ReferenceValue, SearchQuery
+from fhir_server.search.query import AllOf, AnyOf, Chain, Condition, Has, ReferenceValue, SearchQuery
 from fhir_server.search.registry import get_registry
 from fhir_server.search.subset import subset
 from fhir_server.storage.base import StoredResource
+
+if TYPE_CHECKING:
+    from fhir_server.auth.policy import AccessPolicy
 
 # The access-policy hook: which stored resources this request may see (all, until auth lands).
 Visible = Callable[[StoredResource], bool]
@@ -88,10 +93,53 @@ def search(ctx: Context, req: FhirRequest, resource_type: str | None = None,
         owner_type, owner_id = compartment
         query.conditions = (compartment_condition(owner_type, owner_id, resource_type), *query.conditions)
         url = f"{ctx.base}/{owner_type}/{owner_id}/{resource_type}"
-    return _respond(ctx, req, query, url, visible)
+    if req.policy is not None:
+        # Matches are shown, so they need read as well as search: totals then count what is shown.
+        restrict(req.policy, query, explicit_types=resource_type is not None or any(
+            k == "_type" for k, _ in query.link_params), permissions="rs")
+        visible = req.policy.visible
+    return respond(ctx, req, query, url, visible)
 
 
-def _respond(ctx: Context, req: FhirRequest, query: SearchQuery, url: str, visible: Visible) -> FhirResponse:
+def restrict(policy: AccessPolicy, query: SearchQuery, *, explicit_types: bool, permissions: str = "s") -> None:
+    """Narrow a search to what the policy lets the caller see, so that matches and totals are
+    right (not filtered afterwards); a type asked for by name that the scopes never allow is 403."""
+    if len(query.resource_types) == 1:
+        policy.require(permissions[-1], query.resource_types[0])
+        extra = policy.type_condition(query.resource_types[0], permissions)
+    else:
+        allowed, extra = policy.multi_type_condition(query.resource_types, permissions)
+        if explicit_types:
+            for rt in query.resource_types:
+                if rt not in allowed:
+                    policy.require(permissions[-1], rt)
+        query.resource_types = tuple(allowed) or query.resource_types
+    # Chains and _has test other resources: only those the caller may search take part, or a
+    # patient's token could learn facts about other patients through them.
+    query.conditions = tuple(_restrict_joined(policy, c, permissions) for c in query.conditions)
+    if extra is not None:
+        query.conditions = (*query.conditions, extra)
+
+
+def _restrict_joined(policy: AccessPolicy, cond: Any, permissions: str) -> Any:
+    if isinstance(cond, Chain):
+        allowed, extra = policy.multi_type_condition(cond.target_types, permissions)
+        if not allowed:
+            policy.require(permissions[-1], cond.target_types[0])
+        inner = _restrict_joined(policy, cond.inner, permissions)
+        return replace(cond, target_types=tuple(allowed), inner=inner if extra is None else AllOf((inner, extra)))
+    if isinstance(cond, Has):
+        policy.require(permissions[-1], cond.source_type)
+        inner = _restrict_joined(policy, cond.inner, permissions)
+        extra = policy.type_condition(cond.source_type, permissions)
+        return replace(cond, inner=inner if extra is None else AllOf((inner, extra)))
+    if isinstance(cond, AnyOf | AllOf):
+        return replace(cond, conditions=tuple(_restrict_joined(policy, c, permissions) for c in cond.conditions))
+    return cond
+
+
+def respond(ctx: Context, req: FhirRequest, query: SearchQuery, url: str,
+            visible: Visible = _all_visible) -> FhirResponse:
     page = ctx.backend.search(query, max_include=ctx.settings.max_include)
     links = page_links(url, query.link_params, query.cursor, page.next_cursor, format_params(req.query),
                        prev_cursor=page.prev_cursor)

@@ -8,6 +8,7 @@ it back verbatim through ``orjson.Fragment``.  The validator tells decimals from
 from __future__ import annotations
 
 import json
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
@@ -54,3 +55,30 @@ _OPTS = orjson.OPT_PASSTHROUGH_SUBCLASS
 
 def dumps(obj: Any, *, pretty: bool = False) -> bytes:
     return orjson.dumps(obj, default=_default, option=_OPTS | (orjson.OPT_INDENT_2 if pretty else 0))
+
+
+def clone(value: Any) -> Any:
+    """A deep copy of a JSON tree as ``loads`` makes them (JsonDecimal, an immutable str, is shared).
+
+    Hand-rolled rather than copy.deepcopy: JSON trees hold only dicts, lists and immutables."""
+    if isinstance(value, dict):
+        return {k: clone(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clone(v) for v in value]
+    return value
+
+
+def number_value(value: Any) -> Decimal | None:
+    """The numeric value of a JSON number (int, float or JsonDecimal); None for anything else."""
+    if isinstance(value, bool):
+        return None
+    try:
+        if isinstance(value, JsonDecimal):
+            return Decimal(str.__str__(value))
+        if isinstance(value, int):
+            return Decimal(value)
+        if isinstance(value, float):
+            return Decimal(repr(value))
+    except InvalidOperation:
+        return None
+    return None

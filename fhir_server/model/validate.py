@@ -52,7 +52,8 @@ _XHTML_NS = "http://www.w3.org/1999/xhtml"
 _ABSENT = object()
 
 
-def _expr(path: _Path | None) -> str:
+def path_expression(path: _Path | None) -> str:
+    """The FHIRPath of a walk position (a linked list of (parent, member, index)), e.g. Patient.name[0]."""
     parts: list[str] = []
     while path is not None:
         parent, seg, idx = path
@@ -62,7 +63,7 @@ def _expr(path: _Path | None) -> str:
 
 
 def _err(issues: list[Issue], code: str, path: _Path | None, msg: str) -> None:
-    issues.append(Issue("error", code, _expr(path), msg))
+    issues.append(Issue("error", code, path_expression(path), msg))
 
 
 def _short(s: str) -> str:

@@ -592,7 +592,8 @@ def _xhtml_for_xml(div: Any) -> str:
         raise _ShapeError(f"div is not well-formed XHTML: {_syntax_msg(exc)}") from None
     if root.tag != _XHTML_DIV:
         raise _ShapeError(f"div must be a <div> element in the namespace {XHTML_NS}, got {root.tag!r}")
-    if root.getroottree().docinfo.doctype:
+    docinfo: Any = root.getroottree().docinfo  # the stubs type DocInfo without its attributes
+    if docinfo.doctype:
         raise _ShapeError("div must not contain a DOCTYPE")
     # Having parsed stand-alone as exactly this element, the text is self-contained (all prefixes
     # declared inside), so it can be spliced verbatim; only a prolog (XML declaration, comments) or
@@ -874,7 +875,8 @@ def _div_to_json(div: Any) -> str:
     # lxml writes every namespace in scope onto a serialised subtree (xsi, prefixes of the resource
     # root ...), and the div may itself use a prefix; rebuild it with XHTML as the default namespace
     # and no other declarations than its content needs.
-    copy = etree.Element(div.tag, dict(div.attrib), nsmap={None: XHTML_NS})
+    default_ns: Any = {None: XHTML_NS}  # None is lxml's key for the default namespace
+    copy = etree.Element(div.tag, dict(div.attrib), nsmap=default_ns)
     copy.text = div.text
     _copy_children(div, copy)
     etree.cleanup_namespaces(copy)
@@ -924,11 +926,11 @@ def xml_to_resource(data: bytes, max_depth: int = 100) -> dict[str, Any]:
         raise XmlFormatError(f"malformed XML: {_syntax_msg(exc)}") from None
     except ValueError as exc:
         raise XmlFormatError(f"malformed XML: {exc}") from None
-    docinfo = root.getroottree().docinfo
+    docinfo: Any = root.getroottree().docinfo
     # After parsing: the belt to the braces above, for encodings the byte scan cannot see through.
     if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
         raise XmlFormatError("a DOCTYPE (DTD) is not allowed in FHIR XML")
-    stray = _FHIR_TEXT(root)
+    stray: Any = _FHIR_TEXT(root)
     if stray:
         text = stray[0]
         raise XmlFormatError(

@@ -176,9 +176,10 @@ def parse_reference(
 ) -> tuple[str | None, str | None, str | None] | None:
     """(target_type, target_id, url) of a Reference.reference, or None when it is not indexable.
 
-    ``Type/id`` and ``<base_url>/Type/id`` are local; another absolute URL keeps its text in
-    ``url`` and also gives type and id when it ends in ``Type/id``; ``urn:`` references keep only
-    the url; ``#contained`` references are not indexed.  A version (``/_history/n``) is dropped:
+    ``Type/id`` and ``<base_url>/Type/id`` are local; another absolute URL and ``urn:``
+    references keep only their text in ``url``: a type and id there would make another server's
+    Patient/1 match (and include, and join the compartment of) this server's Patient/1.
+    ``#contained`` references are not indexed.  A version (``/_history/n``) is dropped:
     a reference search matches whatever version was referenced."""
     if not ref or ref[0] == "#":
         return None
@@ -190,8 +191,9 @@ def parse_reference(
         local = True
     if "/_history/" in ref:
         ref = _HISTORY.sub("", ref)
-    absolute = not local and "://" in ref
+    if not local and "://" in ref:
+        return None, None, ref
     m = _TYPE_ID.search(ref)
-    if m is not None and m.group(1) in resource_types and (absolute or m.start() == 0):
-        return m.group(1), m.group(2), ref if absolute else None
+    if m is not None and m.group(1) in resource_types and m.start() == 0:
+        return m.group(1), m.group(2), None
     return None, None, ref

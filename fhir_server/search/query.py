@@ -143,3 +143,38 @@ class AnyOf:
     """An OR over conditions on different parameters (compartment membership)."""
 
     conditions: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InCompartment:
+    """Membership in the compartment of ``owner_type/owner_id`` ($everything): a reference to the
+    owner through one of the compartment's (type, parameter) pairs, or the owner itself."""
+
+    owner_type: str
+    owner_id: str
+    params: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TypeIn:
+    """The resource is of one of ``types`` (a branch of an AnyOf that differs by type)."""
+
+    types: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AllOf:
+    """An AND of conditions inside one branch of an AnyOf (an access-policy scope: compartment
+    membership and granular category restrictions together)."""
+
+    conditions: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class InCompartments:
+    """Membership in the compartment of any of ``owner_ids`` (bulk export of a Group), or of any
+    ``owner_type`` resource at all when ``owner_ids`` is None (bulk export of all patients)."""
+
+    owner_type: str
+    owner_ids: tuple[str, ...] | None
+    params: tuple[tuple[str, str], ...]

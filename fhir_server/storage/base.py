@@ -7,7 +7,7 @@ bytes that were validated and stamped, so reads never re-parse.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -85,11 +85,18 @@ class WriteRequest:
     id: str | None = None  # None: server assigns
     if_match: int | None = None  # expected current version
     if_none_exist: SearchQuery | None = None  # conditional create
+    # update only: when the stored current version has the same content, write nothing (existing=True)
+    skip_unchanged: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 class BackendUnavailable(Exception):
     """The database cannot be reached; the HTTP layer answers 503."""
+
+
+class WriteConflict(Exception):
+    """The database aborted a write to break a deadlock or a serialisation conflict; the HTTP
+    layer answers 409 and the client may retry (nothing of the aborted transaction was kept)."""
 
 
 class VersionConflict(Exception):
@@ -134,8 +141,22 @@ class Backend(Protocol):
     def update(self, req: WriteRequest, stamp: Stamper) -> WriteOutcome:
         """Update (or create with the client's id). Raises VersionConflict on a stale If-Match."""
 
-    def delete(self, resource_type: str, id: str) -> StoredResource | None:
-        """Logical delete; returns the delete marker version, or None when nothing was there to delete."""
+    def delete(self, resource_type: str, id: str, if_match: int | None = None) -> StoredResource | None:
+        """Logical delete; returns the delete marker version, or None when nothing was there to delete.
+
+        Raises VersionConflict when ``if_match`` is not the current version."""
+
+    def lock_resources(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Inside transaction(): hold off other writers of these (type, id) resources until it ends.
+
+        Taken in one sorted order, so that transactions touching the same resources queue
+        instead of deadlocking."""
+
+    def match(self, query: SearchQuery, limit: int, *, lock: bool = False) -> list[StoredResource]:
+        """Up to ``limit`` current resources matching ``query``, for conditional interactions.
+
+        ``lock`` (inside transaction()) holds the criteria until the transaction ends, so that
+        concurrent conditional writes with the same criteria are serialised."""
 
     def history(self, query: HistoryQuery) -> HistoryPage: ...
 

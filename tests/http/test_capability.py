@@ -13,7 +13,8 @@ from tests.http.conftest import BASE, FHIR_NS, JSON_CT, XML_CT
 NS = "{" + FHIR_NS + "}"
 FACTS = json.loads((Path(__file__).resolve().parents[2] / "fhir_server" / "model" / "r4_facts.json").read_bytes())
 SERVED = set(FACTS["resources"]) & set(FACTS["r4bModels"])
-TYPE_INTERACTIONS = {"read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"}
+TYPE_INTERACTIONS = {"read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
+                     "search-type"}
 
 
 @pytest.fixture
@@ -49,8 +50,8 @@ def test_every_served_type_is_listed_with_its_capabilities(cs) -> None:
         assert r["updateCreate"] is True
         assert r["conditionalCreate"] is True
         assert r["conditionalRead"] == "full-support"
-        assert r["conditionalUpdate"] is False
-        assert r["conditionalDelete"] == "not-supported"
+        assert r["conditionalUpdate"] is True
+        assert r["conditionalDelete"] == "single"
         params = {p["name"]: p["type"] for p in r["searchParam"]}
         assert params["_id"] == "token" and params["_lastUpdated"] == "date", r["type"]
         # exactly the parameters the engine can evaluate for this type
@@ -69,13 +70,35 @@ def test_unserved_types_are_not_listed(cs, absent: str) -> None:
     assert absent not in {r["type"] for r in cs["rest"][0]["resource"]}
 
 
+def test_supported_profiles_are_the_validators(cs) -> None:
+    # Listed for the types the shipped US Core packages profile, and only those, as canonical|version.
+    by_type = {r["type"]: r.get("supportedProfile", []) for r in cs["rest"][0]["resource"]}
+    core = "http://hl7.org/fhir/us/core/StructureDefinition/"
+    assert f"{core}us-core-patient|3.1.1" in by_type["Patient"] and f"{core}us-core-patient|6.1.0" in by_type["Patient"]
+    assert any(p.startswith(f"{core}us-core-observation-lab|") for p in by_type["Observation"])
+    assert by_type["Account"] == []
+    assert all(p.startswith(("http://hl7.org/fhir/us/core/", "http://hl7.org/fhir/StructureDefinition/"))
+               for ps in by_type.values() for p in ps)
+
+
 def test_system_level(cs) -> None:
     rest = cs["rest"][0]
     codes = {i["code"] for i in rest.get("interaction", [])}
     assert "history-system" in codes and "search-system" in codes
-    # Batch and transaction answer 501: they must not be advertised.
-    assert "batch" not in codes and "transaction" not in codes
-    assert "operation" not in rest or rest["operation"] == []
+    assert "batch" in codes and "transaction" in codes
+    bulk = "http://hl7.org/fhir/uv/bulkdata"
+    assert [(o["name"], o["definition"]) for o in rest["operation"]] == [("export", f"{bulk}/OperationDefinition/export")]
+    assert cs["instantiates"] == [f"{bulk}/CapabilityStatement/bulk-data"]
+    # Operations are declared on the types that serve them, and nowhere else.
+    validate = ("validate", "http://hl7.org/fhir/OperationDefinition/Resource-validate")
+    assert all(validate in [(o["name"], o["definition"]) for o in r["operation"]] for r in rest["resource"])
+    ops = {r["type"]: [(o["name"], o["definition"]) for o in r.get("operation", []) if o["name"] != "validate"]
+           for r in rest["resource"]}
+    assert ops["Patient"] == [("everything", "http://hl7.org/fhir/OperationDefinition/Patient-everything"),
+                              ("export", f"{bulk}/OperationDefinition/patient-export")]
+    assert ops["Encounter"] == [("everything", "http://hl7.org/fhir/OperationDefinition/Encounter-everything")]
+    assert ops["Group"] == [("export", f"{bulk}/OperationDefinition/group-export")]
+    assert {t for t, o in ops.items() if o} == {"Patient", "Encounter", "Group"}
 
 
 def test_listed_types_really_work(client, cs) -> None:
@@ -106,8 +129,8 @@ def test_statement_in_xml(client) -> None:
     patient = next(e for e in root.findall(f"{NS}rest/{NS}resource") if e.find(NS + "type").get("value") == "Patient")
     assert {i.find(NS + "code").get("value") for i in patient.findall(NS + "interaction")} == TYPE_INTERACTIONS
     assert patient.find(NS + "conditionalCreate").get("value") == "true"
-    assert patient.find(NS + "conditionalUpdate").get("value") == "false"
-    assert patient.find(NS + "conditionalDelete").get("value") == "not-supported"
+    assert patient.find(NS + "conditionalUpdate").get("value") == "true"
+    assert patient.find(NS + "conditionalDelete").get("value") == "single"
     names = {p.find(NS + "name").get("value") for p in patient.findall(NS + "searchParam")}
     assert {"_id", "_lastUpdated", "name", "birthdate", "identifier", "gender", "family", "race"} <= names
 

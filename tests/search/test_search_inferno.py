@@ -554,7 +554,8 @@ def test_all_dates_are_utc_comparable() -> None:
 
 
 def test_invalid_inferno_observation_was_refused(world: World) -> None:
-    """The Observation with ``effectivePeriod.stop`` (not R4) was refused with 400 and is not found."""
-    assert [(r["id"], status) for r, status in world.rejected] == [(INVALID_OBSERVATION, 400)]
+    """The Observation with ``effectivePeriod.stop`` (not R4) was refused with 400 and is not found;
+    Patient 908 was refused (422) while it claimed us-core-patient without a gender."""
+    assert [(r["id"], status) for r, status in world.rejected] == [(INVALID_OBSERVATION, 400), ("908", 422)]
     assert world.client.get(f"/fhir/Observation/{INVALID_OBSERVATION}").status_code == 404
     assert world.ids(f"Observation?_id={INVALID_OBSERVATION}") == set()

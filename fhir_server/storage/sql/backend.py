@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -27,6 +27,7 @@ from fhir_server.storage.base import (
     Stamper,
     StoredResource,
     VersionConflict,
+    WriteConflict,
     WriteOutcome,
     WriteRequest,
 )
@@ -42,6 +43,10 @@ Indexer = Callable[[str, dict[str, Any]], list[tuple[str, dict[str, Any]]]]
 
 R = resource.c
 H = resource_history.c
+
+# SQLSTATEs of a transaction aborted by the database's conflict handling: deadlock_detected and
+# serialization_failure (PostgreSQL).
+_CONFLICT_STATES = {"40P01", "40001"}
 
 _VERSION_COLS = (R.version, R.last_updated, R.lu_ms, R.deleted, R.body)
 
@@ -164,6 +169,10 @@ class SqlBackend:
             finally:
                 cur.close()
         except lost as exc:
+            if getattr(exc, "sqlstate", None) in _CONFLICT_STATES:
+                # The server broke a deadlock or a serialisation conflict by aborting this
+                # transaction: the connection is fine, and the client may simply retry.
+                raise WriteConflict(str(exc)) from exc
             raw.invalidate()
             raise BackendUnavailable(str(exc)) from exc
         finally:
@@ -385,20 +394,47 @@ class SqlBackend:
                 return WriteOutcome(self._insert_new(cur, rt, rid, req.resource, stamp, method="PUT"), created=True)
             if req.if_match is not None and req.if_match != int(row[1]):
                 raise VersionConflict(int(row[1]))
+            # A loader's upsert of a resource it already holds unchanged writes no new version.
+            if (req.skip_unchanged and not row[4] and row[5] is not None
+                    and stamp(req.resource, rid, int(row[1]), row[2]) == bytes(row[5])):
+                return WriteOutcome(_stored(rt, rid, row), created=False, existing=True)
             stored = self._new_version(
                 cur, row, rt, rid, lambda v, lu: stamp(req.resource, rid, v, lu), "PUT", req.resource
             )
             return WriteOutcome(stored, created=bool(row[4]))
 
-    def delete(self, resource_type: str, id: str) -> StoredResource | None:
-        return self._write_op(lambda: self._delete(resource_type, id))
+    def delete(self, resource_type: str, id: str, if_match: int | None = None) -> StoredResource | None:
+        return self._write_op(lambda: self._delete(resource_type, id, if_match))
 
-    def _delete(self, rt: str, rid: str) -> StoredResource | None:
+    def _delete(self, rt: str, rid: str, if_match: int | None) -> StoredResource | None:
         with self._conn(write=True) as cur:
             row = self._current_for_write(cur, rt, rid)
+            if if_match is not None and (row is None or row[4] or if_match != int(row[1])):
+                raise VersionConflict(None if row is None or row[4] else int(row[1]))
             if row is None or row[4]:
                 return None
             return self._new_version(cur, row, rt, rid, lambda v, lu: None, "DELETE", None)
+
+    def lock_resources(self, keys: Sequence[tuple[str, str]]) -> None:
+        with self._conn(write=True) as cur:
+            for rt, rid in sorted(set(keys)):
+                self.dialect.lock_resource(cur, rt, rid)
+
+    def match(self, query: SearchQuery, limit: int, *, lock: bool = False) -> list[StoredResource]:
+        """Up to ``limit`` current resources matching ``query`` (conditional interactions).
+
+        With ``lock``, inside a transaction(), the criteria stay locked until it ends, so a
+        concurrent conditional write on the same criteria waits and then sees this one's result."""
+        with self._conn(write=lock) as cur:
+            if lock:
+                cond = "&".join(f"{k}={v}" for k, v in sorted(query.link_params))
+                for rt in query.resource_types:
+                    self.dialect.lock_condition(cur, rt, cond)
+            pids = self._match_pids(cur, query, limit=limit)
+            if not pids:
+                return []
+            stmt = select(R.pid, R.res_type, R.res_id, *_VERSION_COLS).where(R.pid.in_(pids)).order_by(R.pid)
+            return [_stored(r[1], r[2], r) for r in self.run.execute(cur, stmt).fetchall()]
 
     # -- history -----------------------------------------------------------------------------
     def history(self, query: HistoryQuery) -> HistoryPage:
@@ -478,7 +514,9 @@ class SqlBackend:
         with self._conn(write=False, snapshot=True) as cur:
             total: int | None = None
             if query.total != "none" or query.summary_count:
-                count = select(func.count()).select_from(resource).where(*where)
+                count = planner.index_count(query.resource_types, query.conditions)
+                if count is None:
+                    count = select(func.count()).select_from(resource).where(*where)
                 total = int(self.run.execute(cur, count).fetchone()[0])
             if query.summary_count or query.count == 0:
                 return Page([], total, None)

@@ -74,6 +74,7 @@ class Dialect:
         # SQLite allows one writer per database; queueing writers of this process on a lock is
         # fairer and cheaper than letting them spin in the busy handler.
         self._write_lock = threading.Lock() if self.is_sqlite else None
+        self._namespace: str | None = None  # PostgreSQL schema that scopes the advisory locks
 
     @contextmanager
     def write_guard(self) -> Iterator[None]:
@@ -100,7 +101,12 @@ class Dialect:
         atomic for every process and every node sharing the database."""
         if self.is_sqlite:
             return
-        digest = hashlib.blake2b(f"{resource_type}?{condition}".encode(), digest_size=8).digest()
+        if self._namespace is None:
+            # Advisory locks are per database, not per schema: two FHIR stores in two schemas of
+            # one database must not wait for (or deadlock with) each other's locks.
+            cursor.execute("SELECT current_schema()")
+            self._namespace = str(cursor.fetchone()[0])
+        digest = hashlib.blake2b(f"{self._namespace}:{resource_type}?{condition}".encode(), digest_size=8).digest()
         key = int.from_bytes(digest, "big", signed=True)
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
 

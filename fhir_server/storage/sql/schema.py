@@ -42,6 +42,9 @@ resource = Table(
     Column("body", LargeBinary, nullable=True),
     UniqueConstraint("res_type", "res_id", name="uq_resource_type_id"),
     Index("ix_resource_type_lu", "res_type", "lu_ms", "deleted"),
+    # Pages of one type in pid order (searches without a driving condition, bulk export): without
+    # it a rare type was found by scanning the whole table per page (0.45 s a page at 1M rows).
+    Index("ix_resource_type_pid", "res_type", "pid"),
 )
 
 resource_history = Table(

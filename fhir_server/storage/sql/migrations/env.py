@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
+import fhir_server.auth.tables  # noqa: F401 - the OAuth tables share the metadata
+import fhir_server.bulk.tables  # noqa: F401 - so do the bulk export tables
 from fhir_server.storage.sql.schema import metadata
 
 connection = context.config.attributes["connection"]

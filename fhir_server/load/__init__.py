@@ -1,0 +1,1 @@
+"""Bulk loading of FHIR files: ``sources`` turns paths into units of work, ``progress`` reports on them."""
