@@ -1,12 +1,18 @@
 """Generate a ~1M-resource set by cloning the 100 Synthea patients with new ids, load it, time searches.
 
     python -m bench.million --database sqlite:////tmp/million.db --copies 26 [--skip-load]
+    python -m bench.million --database postgresql+psycopg://... --copy-from sqlite:////tmp/million.db
 
 Every clone gets fresh ids (uuid5 of copy number and original id) and its internal references are
 rewritten to them; Organizations and Practitioners are shared and loaded once.  Loading goes
 through the same validation and indexing as the API (bench/synthea.py), one transaction per
 bundle.  Then the search_latency queries run against a real server on that database.  Not part
 of the default `make bench`: loading a million resources takes a quarter of an hour or more.
+
+``--copy-from`` fills an empty PostgreSQL database with the rows of a loaded SQLite one (resources,
+history and index rows, by COPY) instead of loading through the API's write path again: the same
+million resources on both backends, for a fraction of PostgreSQL's load time.  The write path's
+rate on PostgreSQL is measured by ``import_rate``.
 """
 
 from __future__ import annotations
@@ -68,6 +74,41 @@ def load_million(backend: Any, copies: int) -> tuple[int, float]:
     return loaded, time.perf_counter() - started
 
 
+def copy_database(source_url: str, target: Any) -> int:
+    """Copy every row of the SQL backend's tables from ``source_url`` into ``target`` (empty, PostgreSQL)."""
+    import sqlalchemy as sa
+
+    from fhir_server.storage.sql.schema import INDEX_TABLES, resource, resource_history
+
+    src = sa.create_engine(source_url)
+    copied = 0
+    raw = target.engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        for table in (resource, resource_history, *INDEX_TABLES.values()):
+            cur.execute(f"SELECT count(*) FROM {table.name}")
+            if cur.fetchone()[0]:
+                raise SystemExit(f"{table.name} is not empty: --copy-from needs an empty database")
+            names = [c.name for c in table.columns]
+            started, n = time.perf_counter(), 0
+            with src.connect() as s, cur.copy(f"COPY {table.name} ({', '.join(names)}) FROM STDIN") as copy:
+                for row in s.execute(sa.select(*table.columns)).yield_per(20_000):
+                    copy.write_row(tuple(row))
+                    n += 1
+            raw.commit()
+            copied += n
+            print(f"{table.name}: {n:,} rows in {time.perf_counter() - started:,.0f} s", flush=True)
+        for table, key in ((resource, "pid"), (resource_history, "hid")):
+            cur.execute(f"SELECT setval(pg_get_serial_sequence('{table.name}', '{key}'), "
+                        f"(SELECT coalesce(max({key}), 0) + 1 FROM {table.name}), false)")
+        raw.commit()
+    finally:
+        raw.close()
+        src.dispose()
+    target.analyze()
+    return copied
+
+
 def main() -> None:
     from fhir_server.search.extract import Indexer
     from fhir_server.storage.sql.backend import SqlBackend
@@ -77,10 +118,15 @@ def main() -> None:
     ap.add_argument("--database", required=True)
     ap.add_argument("--copies", type=int, default=26)
     ap.add_argument("--skip-load", action="store_true")
+    ap.add_argument("--copy-from", metavar="SQLITE_URL", help="copy a loaded SQLite database instead of loading")
     args = ap.parse_args()
     backend = SqlBackend(args.database, indexer=Indexer("http://127.0.0.1/fhir"))
     backend.start()
-    if not args.skip_load:
+    if args.copy_from:
+        started = time.perf_counter()
+        n = copy_database(args.copy_from, backend)
+        print(f"copied {n:,} rows in {time.perf_counter() - started:,.0f} s")
+    elif not args.skip_load:
         n, s = load_million(backend, args.copies)
         print(f"loaded {n:,} resources in {s:,.0f} s ({n / s:,.0f}/s)")
     values = sample_values(backend)

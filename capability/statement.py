@@ -12,6 +12,7 @@ from typing import Any
 from fhir_server import __version__
 from fhir_server.model.instant import now_instant
 from fhir_server.model.registry import served_types
+from fhir_server.search.params import near
 from fhir_server.search.registry import SearchParamDef, get_registry
 
 TYPE_INTERACTIONS = ["read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
@@ -30,18 +31,30 @@ COMMON = ("_id", "_lastUpdated", "_tag", "_profile", "_security", "_source")
 
 
 def _param(p: SearchParamDef) -> dict[str, Any]:
-    return {"name": p.code, "definition": p.url, "type": p.type}
+    out: dict[str, Any] = {"name": p.code, "definition": p.url, "type": p.type}
+    # Where R4 leaves the server a choice, or the server supports less than the definition allows.
+    if p.url == near.URL:
+        out["documentation"] = (
+            f"Great-circle distance; without a distance, {near.DEFAULT_DISTANCE_KM:g} km. Units (UCUM): "
+            + ", ".join(near.UNITS_KM) + ". Results are not sorted by distance."
+        )
+    elif p.inline:
+        out["documentation"] = (f"Chained searches into the resource inside the {p.base} only "
+                                f"({p.code}.[parameter], one level), and :missing.")
+    return out
 
 
 def _resource(rt: str, conditional_delete: str, supported_profiles: dict[str, list[str]]) -> dict[str, Any]:
     params = get_registry().params_for(rt)
     supported = sorted((p for p in params.values() if p.supported), key=lambda p: p.code)
-    references = [p.code for p in supported if p.type == "reference"]
+    # A parameter whose target is held inside the resource (Bundle composition) is searched by
+    # chaining only: there is nothing to include.
+    references = [p.code for p in supported if p.type == "reference" and not p.inline]
     revinclude = sorted(
         f"{other}:{p.code}"
         for other in served_types()
         for p in get_registry().params_for(other).values()
-        if p.supported and p.type == "reference" and (not p.targets or rt in p.targets)
+        if p.supported and p.type == "reference" and not p.inline and (not p.targets or rt in p.targets)
     )
     out = {
         "type": rt,

@@ -38,6 +38,16 @@ US_CORE = ("fhir-packages/hl7.fhir.us.core-6.1.0.tgz", "fhir-packages/hl7.fhir.u
 COMMON = ("_id", "_lastUpdated", "_tag", "_profile", "_security", "_source")
 ABSTRACT_BASES = ("Resource", "DomainResource")
 
+# Errors in R4 4.0.1's definitions, corrected where the intent is beyond doubt: (composite url,
+# component definition) -> the component's expression.  DocumentReference-relationship gives
+# each of its components the other's expression: relatesto (a reference parameter, defined as
+# DocumentReference.relatesTo.target) says "code", relation (a token, .relatesTo.code) "target".
+_R4 = "http://hl7.org/fhir/SearchParameter/"
+COMPONENT_ERRATA = {
+    (_R4 + "DocumentReference-relationship", _R4 + "DocumentReference-relatesto"): "target",
+    (_R4 + "DocumentReference-relationship", _R4 + "DocumentReference-relation"): "code",
+}
+
 
 def split_union(expression: str) -> list[str]:
     """The top-level operands of ``|`` (not inside parentheses, brackets or string literals)."""
@@ -120,7 +130,7 @@ def compact(
             "definition": c["definition"],
             "code": ref["code"] if ref else None,
             "type": ref["type"] if ref else None,
-            "expression": c["expression"],
+            "expression": COMPONENT_ERRATA.get((sp["url"], c["definition"]), c["expression"]),
         })
     if comps:
         d["components"] = comps

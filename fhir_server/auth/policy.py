@@ -62,6 +62,7 @@ import orjson
 from fhir_server.auth.scopes import PERMISSION_ORDER, ScopeSet
 from fhir_server.errors import FhirError
 from fhir_server.model.facts import get_facts
+from fhir_server.search.code_case import code_matches
 from fhir_server.search.extract import Indexer
 from fhir_server.search.parse import parse_search
 from fhir_server.search.query import AllOf, AnyOf, Condition, InCompartment, TokenValue, TypeIn
@@ -182,8 +183,8 @@ def _patient_of(fhir_user: str | None) -> str | None:
 
 
 def _token_matches(v: TokenValue, row: dict[str, Any]) -> bool:
-    # The in-memory twin of search_sql.token_clause.
-    if v.code is not None and row["code"] != v.code:
+    # The in-memory twin of search_sql.token_clause (plain token parameters only: see above).
+    if v.code is not None and not code_matches(v.code, row["system"], row["code"]):
         return False
     if v.any_system:
         return True

@@ -17,10 +17,13 @@ from functools import cache
 from typing import Any
 
 from fhir_server.model.facts import get_facts
+from fhir_server.search.code_case import index_code
 from fhir_server.search.fhirpath import Compiled, FhirPathError, Item, compile_expression
 from fhir_server.search.normalize import (
     DATE_MAX_MS,
     DATE_MIN_MS,
+    NUMBER_MAX,
+    NUMBER_MIN,
     QUANTITY_CODE_MAX,
     STRING_EXACT_MAX,
     TOKEN_CODE_MAX,
@@ -28,10 +31,11 @@ from fhir_server.search.normalize import (
     URI_MAX,
     date_range,
     norm,
-    number_range,
     parse_reference,
+    to_decimal,
 )
-from fhir_server.search.registry import COLUMN_PARAMS, SearchParamDef, definitions
+from fhir_server.search.params import near, sequence
+from fhir_server.search.registry import COLUMN_PARAMS, ComponentDef, SearchParamDef, definitions
 
 Row = dict[str, Any]
 Out = list[tuple[str, Row]]
@@ -71,7 +75,7 @@ def _date_row(param: str, lo: int, hi: int, out: Out) -> None:
 
 
 def _quantity_row(
-    param: str, system: Any, code: Any, unit: Any, lo: Decimal | None, hi: Decimal | None, out: Out
+    param: str, system: Any, code: Any, unit: Any, lo: Decimal, hi: Decimal, out: Out
 ) -> None:
     out.append(("quantity", {
         "param": param,
@@ -122,9 +126,14 @@ _STRING["Address"] = _s_parts("city", "district", "state", "postalCode", "countr
 # token
 
 
+# A Coding's code is folded when its system is case-insensitive (code_case.py); the values of
+# Identifiers and ContactPoints never are.
+
+
 def _t_coding(param: str, v: Any, out: Out, ix: Indexer) -> None:
     if type(v) is dict:
-        _token_row(param, v.get("system"), v.get("code"), v.get("display"), out)
+        system = v.get("system")
+        _token_row(param, system, index_code(system, v.get("code")), v.get("display"), out)
 
 
 def _t_concept(param: str, v: Any, out: Out, ix: Indexer) -> None:
@@ -134,7 +143,8 @@ def _t_concept(param: str, v: Any, out: Out, ix: Indexer) -> None:
     if type(codings) is list:
         for c in codings:
             if type(c) is dict:
-                _token_row(param, c.get("system"), c.get("code"), c.get("display"), out)
+                system = c.get("system")
+                _token_row(param, system, index_code(system, c.get("code")), c.get("display"), out)
     text = v.get("text")
     if text:
         _token_row(param, None, None, text, out)
@@ -221,24 +231,33 @@ _DATE: dict[str, Maker] = {
 # number and quantity
 
 
+# A number or quantity row holds the closed interval [lo, hi] the target covers: a plain value v
+# as [v, v] (its own precision plays no part: R4 search.html#number compares with the exact stored
+# value), a Range as [low, high].  One interval test then serves both (search_sql.number_clause).
+
+
 def _n_primitive(param: str, v: Any, out: Out, ix: Indexer) -> None:
-    r = number_range(v)
-    if r is not None:
-        out.append(("number", {"param": param, "lo": r[0], "hi": r[1]}))
+    d = to_decimal(v)
+    if d is not None:
+        out.append(("number", {"param": param, "lo": d, "hi": d}))
 
 
-def _range_bounds(v: Any) -> tuple[Decimal | None, Decimal | None, dict[str, Any]] | None:
-    """A Range's [lo of low, hi of high) and the quantity that names its unit; open ends are None."""
+def _range_bounds(v: Any) -> tuple[Decimal, Decimal, dict[str, Any]] | None:
+    """A Range's [low, high] and the quantity that names its unit.
+
+    A missing end is unbounded (NUMBER_MIN / NUMBER_MAX), as a Period's is: R4 datatypes.html#Range
+    "if the low or high elements are missing, the meaning is that the low or high boundaries are not
+    known".  A Range with neither value gives no row, so :missing=true finds it."""
     if type(v) is not dict:
         return None
     low, high = v.get("low"), v.get("high")
     low = low if type(low) is dict else {}
     high = high if type(high) is dict else {}
-    lo_r = number_range(low.get("value"))
-    hi_r = number_range(high.get("value"))
-    if lo_r is None and hi_r is None:
+    lo = to_decimal(low.get("value"))
+    hi = to_decimal(high.get("value"))
+    if lo is None and hi is None:
         return None
-    return (lo_r[0] if lo_r else None), (hi_r[1] if hi_r else None), (low if lo_r else high)
+    return (NUMBER_MIN if lo is None else lo), (NUMBER_MAX if hi is None else hi), (high if lo is None else low)
 
 
 def _n_range(param: str, v: Any, out: Out, ix: Indexer) -> None:
@@ -249,16 +268,16 @@ def _n_range(param: str, v: Any, out: Out, ix: Indexer) -> None:
 
 def _q_quantity(param: str, v: Any, out: Out, ix: Indexer) -> None:
     if type(v) is dict:
-        r = number_range(v.get("value"))
-        if r is not None:
-            _quantity_row(param, v.get("system"), v.get("code"), v.get("unit"), r[0], r[1], out)
+        d = to_decimal(v.get("value"))
+        if d is not None:
+            _quantity_row(param, v.get("system"), v.get("code"), v.get("unit"), d, d, out)
 
 
 def _q_money(param: str, v: Any, out: Out, ix: Indexer) -> None:
     if type(v) is dict:
-        r = number_range(v.get("value"))
-        if r is not None:
-            _quantity_row(param, ISO_4217, v.get("currency"), None, r[0], r[1], out)
+        d = to_decimal(v.get("value"))
+        if d is not None:
+            _quantity_row(param, ISO_4217, v.get("currency"), None, d, d, out)
 
 
 def _q_range(param: str, v: Any, out: Out, ix: Indexer) -> None:
@@ -331,6 +350,19 @@ MAKERS: dict[str, dict[str, Maker]] = {
 
 
 # ---------------------------------------------------------------------------------------------
+# special parameters: only those listed here are indexed, by definition URL
+
+
+def _g_position(param: str, v: Any, out: Out, ix: Indexer) -> None:
+    p = near.position(v)
+    if p is not None:
+        out.append(("geo", {"param": param, "lat": p[0], "lon": p[1]}))
+
+
+SPECIAL: dict[str, dict[str, Maker]] = {near.URL: {"Location.position": _g_position}}
+
+
+# ---------------------------------------------------------------------------------------------
 # composite components: values as tuples, then the cross product
 
 
@@ -347,9 +379,10 @@ def _c1_pairs(t: str, v: Any) -> list[tuple[str | None, str]]:
         codings = v.get("coding") if type(v) is dict else None
         if type(codings) is not list:
             return []
-        found = [_pair(c.get("system"), c.get("code")) for c in codings if type(c) is dict]
+        found = [_pair(c.get("system"), index_code(c.get("system"), c.get("code")))
+                 for c in codings if type(c) is dict]
     elif t == "Coding":
-        found = [_pair(v.get("system"), v.get("code"))] if type(v) is dict else []
+        found = [_pair(v.get("system"), index_code(v.get("system"), v.get("code")))] if type(v) is dict else []
     elif t in ("Identifier", "ContactPoint"):
         found = [_pair(v.get("system"), v.get("value"))] if type(v) is dict else []
     elif v is True or v is False:
@@ -404,6 +437,32 @@ _C2: dict[str, tuple[Callable[[str, Any], list[C2]], dict[str, Maker]]] = {
     "token": (_c2_token, _TOKEN), "quantity": (_c2_quantity, _QUANTITY), "date": (_c2_date, _DATE),
     "string": (_c2_string, _STRING), "number": (_c2_number, _NUMBER),
 }
+# A third component is held as a range only (c3_lo, c3_hi).
+_C3 = {"number": _C2["number"], "date": _C2["date"]}
+
+# (system, code) of a first component's value: a token's, or a reference's (target type, id),
+# (None, url) for another server's or a urn: reference, as the reference index keeps them.
+First = Callable[[str, Any, "Indexer"], list[tuple[str | None, str]]]
+
+
+def _c1_token(t: str, v: Any, ix: Indexer) -> list[tuple[str | None, str]]:
+    return _c1_pairs(t, v)
+
+
+def _c1_reference(t: str, v: Any, ix: Indexer) -> list[tuple[str | None, str]]:
+    ref = v.get("reference") if t == "Reference" and type(v) is dict else None
+    parsed = parse_reference(ref, ix.base_url, ix.resource_types) if isinstance(ref, str) else None
+    if parsed is None:
+        return []
+    target_type, target_id, url = parsed
+    if target_id is not None:
+        return [(target_type, target_id)]
+    return [(None, url[:TOKEN_CODE_MAX])] if url else []
+
+
+_FIRST: dict[str, tuple[First, frozenset[str]]] = {
+    "token": (_c1_token, frozenset(_TOKEN)), "reference": (_c1_reference, frozenset({"Reference"})),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -427,46 +486,121 @@ class _Plan:
 
 @dataclass(frozen=True, slots=True)
 class _CompositePlan:
+    """Rows of the cross product of the components' values within each item of ``expr``.
+
+    A component whose expression starts with ``%resource.`` reads the resource, not the item
+    (``on_root``).  ``shift`` (MolecularSequence coordinates) is added to the second component's
+    range; when it is None for a resource, that resource gets no rows."""
+
     code: str
     expr: Compiled
     c1: Compiled
     c2: Compiled
     c2_values: Callable[[str, Any], list[C2]]
+    c1_values: First
+    c3: Compiled | None = None
+    c3_values: Callable[[str, Any], list[C2]] | None = None
+    on_root: tuple[bool, bool, bool] = (False, False, False)
+    shift: Callable[[Any], Decimal | None] | None = None
+
+    @property
+    def parts(self) -> tuple[Compiled, ...]:
+        return (self.c1, self.c2) if self.c3 is None else (self.c1, self.c2, self.c3)
 
     def run(self, root: list[Item], out: Out, ix: Indexer) -> None:
+        shift: Decimal | None = None
+        if self.shift is not None:
+            shift = self.shift(root[0][1])
+            if shift is None:
+                return
+        first_root, second_root, third_root = self.on_root
         for item in self.expr.fn(root):
+            focus = [item]
             # The value half is absent more often (code-value-date on a Quantity observation).
-            seconds = [x for t, v in self.c2.fn([item]) for x in self.c2_values(t, v)]
+            seconds = [x for t, v in self.c2.fn(root if second_root else focus) for x in self.c2_values(t, v)]
             if not seconds:
                 continue
-            firsts = [p for t, v in self.c1.fn([item]) for p in _c1_pairs(t, v)]
+            if shift:
+                seconds = [(s, k, None if lo is None else lo + shift, None if hi is None else hi + shift)
+                           for s, k, lo, hi in seconds]
+            thirds: list[tuple[Decimal | None, Decimal | None]] | None = None
+            if self.c3 is not None and self.c3_values is not None:
+                c3_values = self.c3_values
+                thirds = [(x[2], x[3]) for t, v in self.c3.fn(root if third_root else focus) for x in c3_values(t, v)]
+                if not thirds:
+                    continue
+            firsts = [p for t, v in self.c1.fn(root if first_root else focus) for p in self.c1_values(t, v, ix)]
             for s1, k1 in firsts:
                 for s2, k2, lo, hi in seconds:
-                    out.append(("composite", {
-                        "param": self.code, "c1_system": s1, "c1_code": k1,
-                        "c2_system": s2, "c2_code": k2, "c2_lo": lo, "c2_hi": hi,
-                    }))
+                    row = {"param": self.code, "c1_system": s1, "c1_code": k1,
+                           "c2_system": s2, "c2_code": k2, "c2_lo": lo, "c2_hi": hi}
+                    if thirds is None:
+                        out.append(("composite", row))
+                        continue
+                    for lo3, hi3 in thirds:
+                        out.append(("composite", {**row, "c3_lo": lo3, "c3_hi": hi3}))
+
+
+@dataclass(frozen=True, slots=True)
+class _InlinePlan:
+    """A reference parameter whose expression yields resources held inside this one (Bundle's
+    ``composition`` and ``message``: ``Bundle.entry[0].resource``).  Such a resource is indexed
+    with its own type's parameters, each row's param prefixed ``<code>.``, so that
+    ``composition.subject=...`` is an index look-up on the Bundle; a marker row (token ``<code>``,
+    code = the inline resource's type) records that one of the target types is there."""
+
+    code: str
+    expr: Compiled
+    targets: frozenset[str]
+
+    def run(self, root: list[Item], out: Out, ix: Indexer) -> None:
+        for _, v in self.expr.fn(root):
+            rt = v.get("resourceType") if type(v) is dict else None
+            if rt not in self.targets:
+                continue
+            out.append(("token", {"param": self.code, "system": None, "code": rt, "text_norm": None}))
+            typed = compile_type(rt)
+            inner: Out = []
+            inner_root: list[Item] = [(rt, v)]
+            # Column parameters too: the inline resource has no row of the resource table.
+            for plan in (*typed.plans, *typed.columns):
+                plan.run(inner_root, inner, ix)
+            prefix = self.code + "."
+            for kind, row in inner:
+                row["param"] = prefix + row["param"]
+                out.append((kind, row))
+
+
+AnyPlan = _Plan | _CompositePlan | _InlinePlan
 
 
 @dataclass(frozen=True, slots=True)
 class TypePlan:
-    plans: tuple[_Plan | _CompositePlan, ...]
+    plans: tuple[AnyPlan, ...]
     # code -> why it can't be indexed; column parameters (_id, _lastUpdated) are supported but
-    # have no plan.
+    # have no plan among ``plans``.
     unsupported: dict[str, str] = field(default_factory=dict)
+    # Plans of the column parameters, from their FHIRPath: used where the type is inline.
+    columns: tuple[AnyPlan, ...] = ()
+    # Reference parameters whose targets are inline resources (only chained searches reach them).
+    inline: frozenset[str] = frozenset()
 
 
-def _compile(resource_type: str, p: SearchParamDef) -> _Plan | _CompositePlan:
+def _compile(resource_type: str, p: SearchParamDef) -> AnyPlan:
     """Raise ValueError (with the reason) when the parameter can't be indexed faithfully."""
     if not p.expression:
         raise ValueError("no FHIRPath expression")
+    if p.type == "special" and p.url not in SPECIAL:
+        raise ValueError("special parameter (its matching is not an index look-up)")
     try:
         expr = compile_expression(p.expression, resource_type)
     except FhirPathError as exc:
         raise ValueError(f"FHIRPath: {exc}") from None
     if p.type == "composite":
-        return _compile_composite(p, expr)
-    table = MAKERS.get(p.type)
+        return _compile_composite(resource_type, p, expr)
+    if p.type == "reference" and expr.types and all(_is_resource(t) for t in expr.types):
+        return _compile_inline(p, expr)
+    table = SPECIAL[p.url] if p.type == "special" else MAKERS.get(p.type)
     if table is None:
         raise ValueError(f"type {p.type} is not indexed")
     makers = {t: table[t] for t in expr.types if t in table}
@@ -475,61 +609,96 @@ def _compile(resource_type: str, p: SearchParamDef) -> _Plan | _CompositePlan:
     return _Plan(p.code, expr, makers)
 
 
-def _compile_composite(p: SearchParamDef, expr: Compiled) -> _CompositePlan:
+def _is_resource(type_code: str) -> bool:
+    return type_code in ("Resource", "DomainResource") or type_code in get_facts().r4_resource_types
+
+
+def _compile_inline(p: SearchParamDef, expr: Compiled) -> _InlinePlan:
+    targets = frozenset(t for t in p.targets if t in definitions())
+    if not targets:
+        raise ValueError(f"yields {', '.join(sorted(expr.types))} of no served target type")
+    return _InlinePlan(p.code, expr, targets)
+
+
+def _component(c: ComponentDef, resource_type: str, item_types: frozenset[str]) -> tuple[Compiled, bool]:
+    """A component's compiled expression, and whether it reads the resource (``%resource.``)."""
+    try:
+        if c.expression.startswith("%resource."):
+            return compile_expression(c.expression[len("%resource."):], resource_type), True
+        return compile_expression(c.expression, item_types), False
+    except FhirPathError as exc:
+        raise ValueError(f"FHIRPath in component {c.code or c.definition_url}: {exc}") from None
+
+
+def _compile_composite(resource_type: str, p: SearchParamDef, expr: Compiled) -> _CompositePlan:
     comps = p.components
-    if len(comps) != 2:
-        raise ValueError(f"{len(comps)} components (the composite row holds 2)")
-    if comps[0].type != "token":
+    if len(comps) not in (2, 3):
+        raise ValueError(f"{len(comps)} components (the composite row holds 2 or 3)")
+    first = _FIRST.get(comps[0].type)
+    if first is None:
         raise ValueError(f"first component {comps[0].code or comps[0].definition_url} is a "
-                         f"{comps[0].type or 'unknown'} parameter (the row holds a token)")
+                         f"{comps[0].type or 'unknown'} parameter (the row holds a token or a reference)")
     second = _C2.get(comps[1].type)
     if second is None:
         raise ValueError(f"second component {comps[1].code} is a {comps[1].type or 'unknown'} parameter")
-    try:
-        c1 = compile_expression(comps[0].expression, expr.types)
-        c2 = compile_expression(comps[1].expression, expr.types)
-    except FhirPathError as exc:
-        raise ValueError(f"FHIRPath in a component: {exc}") from None
-    if not c1.types & _TOKEN.keys():
+    third = _C3.get(comps[2].type) if len(comps) == 3 else None
+    if len(comps) == 3 and third is None:
+        raise ValueError(f"third component {comps[2].code} is a {comps[2].type or 'unknown'} parameter "
+                         "(the row holds a number or date range)")
+    c1, root1 = _component(comps[0], resource_type, expr.types)
+    c2, root2 = _component(comps[1], resource_type, expr.types)
+    if not c1.types & first[1]:
         raise ValueError(f"first component yields {', '.join(sorted(c1.types))}")
     if not c2.types & second[1].keys():
         raise ValueError(f"second component yields {', '.join(sorted(c2.types))}")
-    return _CompositePlan(p.code, expr, c1, c2, second[0])
+    c3: Compiled | None = None
+    root3 = False
+    if third is not None:
+        c3, root3 = _component(comps[2], resource_type, expr.types)
+        if not c3.types & third[1].keys():
+            raise ValueError(f"third component yields {', '.join(sorted(c3.types))}")
+    shift = sequence.start_shift if p.url in sequence.COORDINATE_COMPOSITES else None
+    return _CompositePlan(p.code, expr, c1, c2, second[0], first[0], c3, third[0] if third else None,
+                          (root1, root2, root3), shift)
 
 
 @cache
 def compile_type(resource_type: str) -> TypePlan:
     """The index plans of one resource type, compiled once per process."""
     params = definitions().get(resource_type, {})
-    plans: list[_Plan | _CompositePlan] = []
+    plans: list[AnyPlan] = []
+    columns: list[AnyPlan] = []
     unsupported: dict[str, str] = {}
     for code, p in params.items():
-        if p.type == "special":
-            unsupported[code] = "special parameter (its matching is not an index look-up)"
-            continue
         try:
             plan = _compile(resource_type, p)
         except ValueError as exc:
             unsupported[code] = str(exc)
             continue
-        if code not in COLUMN_PARAMS:
-            plans.append(plan)
-    return TypePlan(tuple(plans), unsupported)
+        (columns if code in COLUMN_PARAMS else plans).append(plan)
+    inline = frozenset(p.code for p in plans if isinstance(p, _InlinePlan))
+    return TypePlan(tuple(plans), unsupported, tuple(columns), inline)
 
 
 class Indexer:
-    """Index rows of a resource, as ``(kind, row)`` pairs; kinds are the idx_<kind> tables plus
-    "composite".  Rows carry every column but pid and res_type:
+    """Index rows of a resource, as ``(kind, row)`` pairs; kinds are the idx_<kind> tables.  Rows
+    carry every column but pid and res_type:
 
     - string: param, value_norm (``norm``), value_exact (original text, at most 1024 chars)
-    - token: param, system, code, text_norm; also ``<code>:of-type`` rows (code = "type|value") for
-      typed identifiers and ``<code>:identifier`` rows for Reference.identifier
+    - token: param, system, code (a Coding's folded when its system is case-insensitive:
+      code_case.py), text_norm; also ``<code>:of-type`` rows (code = "type|value") for typed
+      identifiers and ``<code>:identifier`` rows for Reference.identifier
     - date: param, lo_ms, hi_ms (half-open epoch ms; open Period ends are -2**62 / 2**62)
-    - number: param, lo, hi (Decimal; a Range's open end is None)
-    - quantity: param, system, code, unit, lo, hi (Decimal; a Range's open end is None)
+    - number: param, lo, hi (Decimal, the closed interval covered: [v, v] for a value, [low, high]
+      for a Range, an open end at -1e300 / 1e300)
+    - quantity: param, system, code, unit, lo, hi (as number)
     - reference: param, target_type, target_id, url
     - uri: param, uri
-    - composite: param, c1_system, c1_code, c2_system, c2_code, c2_lo, c2_hi
+    - composite: param, c1_system, c1_code, c2_system, c2_code, c2_lo, c2_hi, and c3_lo, c3_hi
+      for three components; a reference first component is (target type, id) or (None, url)
+    - geo: param, lat, lon (WGS84 degrees, floats)
+    - rows of an inline resource (Bundle ``composition``/``message``): its own rows, param
+      ``<code>.<its param>``, and a token marker row ``<code>`` whose code is its type
 
     ``_id`` and ``_lastUpdated`` are columns of the resource table and produce no rows.
     """

@@ -1,8 +1,9 @@
 """Value normalisation shared by index extraction and query planning.
 
 Both sides must agree to the character: a search value goes through ``norm`` the way an indexed
-string did, and date / number values get the same implicit ranges (R4 search.html#date,
-#number) on both sides.
+string did, and date values get the same implicit ranges (R4 search.html#date) on both sides.
+Numbers are indexed as exact values (a Range as its two ends), and only the search value has an
+implicit precision range (R4 search.html#number: "lt100: values that are less than exactly 100").
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ URI_MAX = 1024
 # Open ends of a Period (R4: a missing start or end is unbounded on that side).
 DATE_MIN_MS = -(2**62)
 DATE_MAX_MS = 2**62
+# Open ends of a Range, for the same reason.  Finite, so that plain comparisons (and the lookup
+# index) serve open ranges: NULL would need IS NULL branches, and a numeric Infinity is neither
+# portable (PostgreSQL < 14) nor exact in SQLite's doubles.  1e300 fits a double and PostgreSQL's
+# numeric alike; no clinical value comes near it.
+NUMBER_MIN = Decimal("-1e300")
+NUMBER_MAX = Decimal("1e300")
 
 
 def norm(text: str) -> str:

@@ -9,15 +9,19 @@ always refused: silently ignoring them would return a wrong answer that looks ri
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from fhir_server.errors import FhirError, OutcomeIssue, invalid
 from fhir_server.model.facts import get_facts
 from fhir_server.search.normalize import norm
+from fhir_server.search.params import near
 from fhir_server.search.params.date import PREFIXES, parse_date_value
 from fhir_server.search.params.token import split_escaped, unescape
 from fhir_server.search.query import (
+    AllOf,
+    AnyOf,
     Chain,
     CompositeValue,
     Condition,
@@ -47,6 +51,7 @@ _MODIFIERS: dict[str, set[str]] = {
     "reference": {"missing", "identifier"},
     "uri": {"missing", "below", "above"},
     "composite": {"missing"},
+    "near": {"missing"},
     "id": {"missing", "not"},
     "lastUpdated": {"missing"},
 }
@@ -65,6 +70,8 @@ def _kind(param: SearchParamDef) -> str:
         return "id"
     if param.code == "_lastUpdated":
         return "lastUpdated"
+    if param.url == near.URL:
+        return "near"
     return param.type
 
 
@@ -100,6 +107,8 @@ class SearchParser:
         kind = _kind(param)
         if dot:
             return self._chain(resource_type, types, param, modifier, rest, value)
+        if param.inline:
+            return self._inline_itself(resource_type, param, modifier, value)
         type_modifier: str | None = None
         if modifier and kind == "reference" and modifier in self.types:
             type_modifier, modifier = modifier, ""
@@ -118,8 +127,10 @@ class SearchParser:
         if modifier == "of-type":
             return Condition(rt or "", f"{code}:of-type", "token", tuple(self._of_type(p) for p in parts))
         values = tuple(self._value(kind, param, p, modifier, type_modifier) for p in parts)
-        second = param.components[1].type if kind == "composite" and len(param.components) > 1 else None
-        return Condition(rt or "", code, kind, values, modifier or None, second)
+        comps = param.components if kind == "composite" else ()
+        second = comps[1].type if len(comps) > 1 else None
+        third = comps[2].type if len(comps) > 2 else None
+        return Condition(rt or "", code, kind, values, modifier or None, second, third)
 
     # -- values -----------------------------------------------------------------------------
     def _value(self, kind: str, param: SearchParamDef, raw: str, modifier: str, type_modifier: str | None) -> Any:
@@ -144,6 +155,8 @@ class SearchParser:
             return unescape(raw)
         if kind == "composite":
             return self._composite(raw, param)
+        if kind == "near":
+            return near.parse_near(raw, param.code)
         raise _refuse(f"Search parameter '{param.code}' of type {kind}")
 
     @staticmethod
@@ -214,23 +227,32 @@ class SearchParser:
 
     def _composite(self, raw: str, param: SearchParamDef) -> CompositeValue:
         pieces = split_escaped(raw, "$")
-        if len(pieces) != 2 or len(param.components) != 2:
-            raise invalid(f"Composite '{param.code}' takes two values joined by '$', got '{raw}'")
-        first = self._token(pieces[0])
-        second_type = param.components[1].type
-        if second_type == "token":
-            second: Any = self._token(pieces[1])
-        elif second_type == "quantity":
-            second = self._quantity(pieces[1], param.code)
-        elif second_type == "number":
-            second = self._number(unescape(pieces[1]), param.code)
-        elif second_type == "date":
-            second = parse_date_value(unescape(pieces[1]), param.code)
-        elif second_type == "string":
-            second = norm(unescape(pieces[1]))
+        comps = param.components
+        if len(pieces) != len(comps):
+            raise invalid(f"Composite '{param.code}' takes {len(comps)} values joined by '$', got '{raw}'")
+        first: TokenValue | ReferenceValue
+        if comps[0].type == "reference":
+            # Read as the component's own parameter reads it (its targets name a bare id's type).
+            own = self.registry.get(param.base, comps[0].code) or param
+            first = self._reference(unescape(pieces[0]), own, None)
         else:
-            raise _refuse(f"Composite search parameter '{param.code}'")
-        return CompositeValue(first, second)
+            first = self._token(pieces[0])
+        second = self._component_value(pieces[1], comps[1].type, param)
+        third = self._component_value(pieces[2], comps[2].type, param) if len(comps) == 3 else None
+        return CompositeValue(first, second, third)
+
+    def _component_value(self, piece: str, component_type: str, param: SearchParamDef) -> Any:
+        if component_type == "token":
+            return self._token(piece)
+        if component_type == "quantity":
+            return self._quantity(piece, param.code)
+        if component_type == "number":
+            return self._number(unescape(piece), param.code)
+        if component_type == "date":
+            return parse_date_value(unescape(piece), param.code)
+        if component_type == "string":
+            return norm(unescape(piece))
+        raise _refuse(f"Composite search parameter '{param.code}'")
 
     # -- chains ------------------------------------------------------------------------------
     def _chain(self, resource_type: str | None, types: Sequence[str], param: SearchParamDef,
@@ -239,6 +261,8 @@ class SearchParser:
             raise invalid(f"Only reference parameters can be chained; '{param.code}' is {param.type}")
         if resource_type is None:
             raise _refuse("Chained parameters in a system search")
+        if param.inline:
+            return self._inline_chain(resource_type, param, modifier, rest, value)
         if modifier:
             if modifier not in self.types:
                 raise invalid(f"Chain modifier ':{modifier}' is not a resource type")
@@ -256,6 +280,60 @@ class SearchParser:
             inner = self.condition(None, usable, rest, value)
         return Chain(resource_type, param.code, usable, inner)
 
+    # -- parameters whose targets are inside the resource (Bundle composition / message) ----------
+    def _inline_itself(self, resource_type: str | None, param: SearchParamDef, modifier: str, value: str) -> Any:
+        """``composition:missing=``; any other use names a resource inside the Bundle by a
+        reference, which it has none of."""
+        if modifier != "missing":
+            raise _refuse(f"Search parameter '{param.code}' without a chain (its target is inside the "
+                          f"{param.base}: search it as '{param.code}.[parameter]')")
+        if value not in ("true", "false"):
+            raise invalid(f"':missing' takes true or false, got '{value}'")
+        # The marker row (extract.py) is there exactly when the inline resource is of a target type.
+        return Condition(resource_type or "", param.code, "token", (value == "true",), "missing")
+
+    def _inline_chain(self, resource_type: str, param: SearchParamDef, modifier: str, rest: str,
+                      value: str) -> Any:
+        """``composition.subject=Patient/1``: the inner parameter tested on the inline resource,
+        whose rows the Bundle holds as ``composition.<param>`` (extract.py)."""
+        if modifier and modifier not in param.targets:
+            raise invalid(f"'{modifier}' is not a target type of search parameter '{param.code}'")
+        targets = (modifier,) if modifier else param.targets
+        inner_code = rest.partition(".")[0].partition(":")[0]
+        branches: list[Any] = []
+        for target in targets:
+            p = self.registry.get(target, inner_code)
+            if p is None or not p.supported:
+                continue
+            inner = self.condition(target, [target], rest, value)
+            if not isinstance(inner, Condition):
+                # References of the inline resource may point at other entries of the same Bundle,
+                # which a chain through this server's resources would not find.
+                raise _refuse(f"Chaining beyond the resource inside the {param.base} ('{param.code}.{rest}')")
+            branches.append(self._inline_condition(resource_type, param.code, target, inner, len(targets) > 1))
+        if not branches:
+            raise _Unsupported(f"{param.code}.{rest}")
+        return branches[0] if len(branches) == 1 else AnyOf(tuple(branches))
+
+    @staticmethod
+    def _inline_condition(resource_type: str, code: str, target: str, inner: Condition, typed: bool) -> Any:
+        values = inner.values
+        kind = inner.kind
+        if kind == "id":
+            # The inline resource's id and meta.lastUpdated are index rows, not columns.
+            kind = "token"
+            if inner.modifier != "missing":
+                values = tuple(TokenValue(None, v, any_system=True) for v in values)
+        elif kind == "lastUpdated":
+            kind = "date"
+        cond = replace(inner, resource_type=resource_type, code=f"{code}.{inner.code}", kind=kind, values=values)
+        negative = inner.modifier == "not" or (inner.modifier == "missing" and inner.values[0] is True)
+        if not negative and not typed:
+            return cond  # a row of the inline resource exists only when the resource does
+        # "Has no subject" is said of a Composition that is there, of that type.
+        marker = Condition(resource_type, code, "token", (TokenValue(None, target),))
+        return AllOf((marker, cond))
+
     def _has(self, resource_type: str, name: str, value: str) -> Has:
         parts = name.split(":", 3)
         if len(parts) != 4 or not all(parts[1:]):
@@ -266,6 +344,8 @@ class SearchParser:
         ref = self.registry.get(source, ref_code)
         if ref is None or not ref.supported or ref.type != "reference":
             raise invalid(f"'{ref_code}' is not a reference search parameter of {source}")
+        if ref.inline:
+            raise _refuse(f"'{name}' (the target of {source}.{ref_code} is inside the {source})")
         if ref.targets and resource_type not in ref.targets:
             raise invalid(f"{source}.{ref_code} cannot refer to {resource_type}")
         inner = self.condition(source, [source], rest, value)
@@ -285,7 +365,7 @@ class SearchParser:
             except _Unsupported:
                 raise invalid(f"_sort: cannot sort by unknown search parameter '{code}'") from None
             kind = _kind(param)
-            if kind not in _SORTABLE:
+            if kind not in _SORTABLE or param.inline:
                 raise _refuse(f"Sorting by '{code}' ({kind})")
             keys.append(SortKey(code, kind, descending))
         return tuple(keys)
@@ -309,6 +389,8 @@ class SearchParser:
             p = self.registry.get(source, code)
             if p is None or not p.supported or p.type != "reference":
                 raise invalid(f"'{code}' is not a reference search parameter of {source}")
+            if p.inline:
+                raise _refuse(f"'{raw_name}={value}' (the target of {source}.{code} is inside the {source})")
             if target is not None and p.targets and target not in p.targets:
                 raise invalid(f"{source}.{code} cannot refer to {target}")
         if not reverse and not iterate and source not in resource_types:

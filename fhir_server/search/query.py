@@ -58,8 +58,18 @@ class ReferenceValue:
 
 @dataclass(frozen=True, slots=True)
 class CompositeValue:
-    first: TokenValue
+    first: TokenValue | ReferenceValue
     second: Any  # TokenValue | QuantityValue | DateRange | NumberValue | str
+    third: NumberValue | DateRange | None = None  # three-component composites (MolecularSequence)
+
+
+@dataclass(frozen=True, slots=True)
+class NearValue:
+    """A Location ``near`` value: a WGS84 position in degrees and a distance in km."""
+
+    lat: float
+    lon: float
+    km: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +77,8 @@ class Condition:
     """One test of a search parameter on the resources of ``resource_type``.
 
     ``kind`` is the parameter type (token, string, date, number, quantity, reference, uri,
-    composite), or ``id`` / ``lastUpdated`` for the columns of the resource table.  ``modifier``
+    composite), ``near`` for Location's special parameter, or ``id`` / ``lastUpdated`` for the
+    columns of the resource table.  ``modifier``
     is the effective modifier (missing, not, text, exact, contains, of-type, identifier, above,
     below); ``values`` are OR-ed (for ``missing`` a single bool)."""
 
@@ -77,6 +88,7 @@ class Condition:
     values: tuple[Any, ...]
     modifier: str | None = None
     second_kind: str | None = None  # composite: the type of the second component
+    third_kind: str | None = None  # composite of three components: the type of the third
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,6 +42,9 @@ class SearchParamDef:
     supported: bool  # True when extract.py can index it (its expression compiled)
     also: tuple[str, ...] = ()  # US Core definitions of this code whose expression differs
     reason: str | None = None  # why it is not supported
+    # A reference parameter whose targets are held inside the resource (Bundle.entry[0].resource):
+    # only chained searches (and :missing) apply, never _include, _revinclude, _has or _sort.
+    inline: bool = False
 
 
 class Registry:
@@ -75,9 +78,10 @@ class Registry:
         # are cached, so indexing the type later costs nothing more.
         from fhir_server.search.extract import compile_type
 
-        reasons = compile_type(resource_type).unsupported
+        plan = compile_type(resource_type)
+        reasons = plan.unsupported
         return {
-            code: replace(p, supported=code not in reasons, reason=reasons.get(code))
+            code: replace(p, supported=code not in reasons, reason=reasons.get(code), inline=code in plan.inline)
             for code, p in params.items()
         }
 

@@ -259,6 +259,18 @@ def test_granular_token_forms() -> None:
     assert policy(f"patient/Observation.rs?category=laboratory,{VITALS}").allows("Observation", vital)
 
 
+def test_granular_codes_of_case_insensitive_systems() -> None:
+    """Scope parameters match codes as searches do: LOINC (case-insensitive) in any case, other
+    systems' codes exactly (search.html#token)."""
+    lab = obs("o1", "Patient/p1", code={"coding": [{"system": "http://loinc.org", "code": "LP1234-5"}]})
+    local = obs("o2", "Patient/p1", code={"coding": [{"system": "urn:local", "code": "LP1234-5"}]})
+    for scope in ("code=http://loinc.org|lp1234-5", "code=lp1234-5", "code=Lp1234-5"):
+        assert policy(f"patient/Observation.rs?{scope}").allows("Observation", lab), scope
+        assert not policy(f"patient/Observation.rs?{scope}").allows("Observation", local), scope
+    assert policy("patient/Observation.rs?code=urn:local|LP1234-5").allows("Observation", local)
+    assert not policy("patient/Observation.rs?code=urn:local|lp1234-5").allows("Observation", local)
+
+
 def test_granular_all_parameters_must_match() -> None:
     p = policy(f"patient/Observation.rs?category={VITALS}&status=final")
     assert p.allows("Observation", obs("o1", "Patient/p1", "vital-signs"))

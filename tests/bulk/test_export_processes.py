@@ -150,7 +150,7 @@ def test_two_servers_share_the_jobs_and_the_concurrency_limit(
         def watch() -> None:
             while not stop.is_set():
                 with db.connect() as conn:
-                    rows = dict(conn.execute(sa.text("SELECT id, status FROM export_job")).tuples().all())
+                    rows = {r[0]: r[1] for r in conn.execute(sa.text("SELECT id, status FROM export_job"))}
                 samples.append(rows)
                 if len(rows) == 2 and set(rows.values()) == {"done"}:
                     return

@@ -7,6 +7,7 @@ accent folding and case folding.  Each function takes plain JSON and returns pla
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
@@ -146,12 +147,27 @@ def codings(element: Any) -> list[tuple[str | None, str | None]]:
     return []
 
 
+# search.html#token: a match "is case sensitive unless the underlying semantics for the context
+# indicate that the token should be interpreted case-insensitively (e.g. a code system that is
+# case-insensitive)".  SNOMED CT's R4 CodeSystem and Regenstrief's LOINC CodeSystem say
+# caseSensitive false.  Identifier values are no codes and always compare exactly.
+CASE_INSENSITIVE_SYSTEMS = frozenset({"http://snomed.info/sct", "http://loinc.org"})
+
+
+def same_code(found: str | None, wanted: str, system: str | None, coded: bool) -> bool:
+    if found == wanted:
+        return True
+    return (coded and system in CASE_INSENSITIVE_SYSTEMS and found is not None
+            and found.casefold() == wanted.casefold())
+
+
 def token_match(elements: Iterable[Any], query: str) -> bool:
     """One token value (search.html#token) against the elements of a resource."""
     system, code = split_token(query)
     for el in elements:
+        coded = isinstance(el, dict) and ("coding" in el or "code" in el)  # a Coding or CodeableConcept
         for s, c in codings(el):
-            if code is not None and c != code:
+            if code is not None and not same_code(c, code, s, coded):
                 continue
             if system is None:
                 return True
@@ -380,6 +396,114 @@ def quantity_match(quantities: Iterable[Any], query: str) -> bool:
         if number_compare(prefix, text, Decimal(str(qty["value"]))):
             return True
     return False
+
+
+# -- Ranges ------------------------------------------------------------------------------------
+
+
+def range_ends(element: Any) -> tuple[Decimal | None, Decimal | None] | None:
+    """(low, high) of a Range; None for a missing end, which is unbounded (datatypes.html#Range:
+    "the low or high boundaries are not known").  None when neither end has a value."""
+    if not isinstance(element, dict):
+        return None
+    lo, hi = element.get("low", {}).get("value"), element.get("high", {}).get("value")
+    if lo is None and hi is None:
+        return None
+    return (None if lo is None else Decimal(str(lo))), (None if hi is None else Decimal(str(hi)))
+
+
+def interval_compare(prefix: str, text: str, lo: Decimal | None, hi: Decimal | None) -> bool:
+    """A search number against a target covering [lo, hi] (None: unbounded on that side).
+
+    search.html#prefix for ranges, with the exact search value for the order prefixes as
+    ``number_compare`` has it for single values (so a single value v behaves as [v, v]):
+    eq: the search value's precision range holds the whole target; gt: the range above the value
+    intersects the target; lt: the range below does; ge / le likewise including the value; sa / eb:
+    all of the target lies above (below) the value; ap: some of it lies within 10% of the value.
+    """
+    q = Decimal(text)
+    s_lo, s_hi = number_range(text)
+    inside = lo is not None and hi is not None and s_lo <= lo and hi < s_hi
+    above = hi is None or hi > q  # some of the target is above the value
+    below = lo is None or lo < q
+    if prefix == "eq":
+        return inside
+    if prefix == "ne":
+        return not inside
+    if prefix == "gt":
+        return above
+    if prefix == "lt":
+        return below
+    if prefix == "ge":
+        return hi is None or hi >= q
+    if prefix == "le":
+        return lo is None or lo <= q
+    if prefix == "sa":
+        return lo is not None and lo > q
+    if prefix == "eb":
+        return hi is not None and hi < q
+    if prefix == "ap":
+        gap = abs(q) / 10
+        return (hi is None or hi >= q - gap) and (lo is None or lo <= q + gap)
+    raise ValueError(prefix)
+
+
+def number_range_match(ranges: Iterable[Any], query: str) -> bool:
+    prefix, text = split_prefix(query)
+    return any(
+        interval_compare(prefix, text, *ends) for r in ranges if (ends := range_ends(r)) is not None
+    )
+
+
+def quantity_range_match(ranges: Iterable[Any], query: str) -> bool:
+    """``quantity_match`` for Range elements: the unit is that of the Range's low (or, without a
+    low value, its high) quantity."""
+    parts = query.split("|")
+    prefix, text = split_prefix(parts[0])
+    system = parts[1] if len(parts) > 1 else ""
+    code = parts[2] if len(parts) > 2 else ""
+    for r in ranges:
+        ends = range_ends(r)
+        if ends is None:
+            continue
+        unit = r["low"] if ends[0] is not None else r["high"]
+        if system and unit.get("system") != system:
+            continue
+        if code and (unit.get("code") != code if system else code not in (unit.get("code"), unit.get("unit"))):
+            continue
+        if interval_compare(prefix, text, *ends):
+            return True
+    return False
+
+
+# -- positions (Location near) ----------------------------------------------------------------
+
+# Great-circle distances on a sphere of the IUGG mean Earth radius (R1), the model the server
+# states; a point 1 m from a search circle is on the same side of it for any sphere near this one.
+EARTH_RADIUS_KM = 6371.0088
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    rad = math.radians
+    a = (math.sin(rad(lat2 - lat1) / 2) ** 2
+         + math.cos(rad(lat1)) * math.cos(rad(lat2)) * math.sin(rad(lon2 - lon1) / 2) ** 2)
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(a)))
+
+
+def position(res: Resource) -> tuple[float, float] | None:
+    """A Location's (latitude, longitude), when both are there and within WGS84's range."""
+    pos = res.get("position")
+    if not isinstance(pos, dict) or not isinstance(pos.get("latitude"), int | float) \
+            or not isinstance(pos.get("longitude"), int | float):
+        return None
+    lat, lon = float(pos["latitude"]), float(pos["longitude"])
+    return (lat, lon) if -90 <= lat <= 90 and -180 <= lon <= 180 else None
+
+
+def near_match(res: Resource, lat: float, lon: float, km: float) -> bool:
+    """``near=lat|lon|km|km``: the Location's position is within ``km`` of the point."""
+    p = position(res)
+    return p is not None and haversine_km(lat, lon, p[0], p[1]) <= km
 
 
 # -- helpers for tests -------------------------------------------------------------------------

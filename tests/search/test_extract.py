@@ -388,13 +388,14 @@ def test_period_with_open_end_and_references() -> None:
     assert rows(BP, "performer:identifier") == [tok("http://npi", "42")]
 
 
-def test_quantity_precision_rows() -> None:
+def test_quantity_rows_hold_the_exact_value() -> None:
+    # [v, v]: the search value's precision decides eq, the stored value's does not (search.html#number).
     assert rows(WEIGHT, "value-quantity") == [
-        {"system": UCUM, "code": "kg", "unit": "kg", "lo": D("72.395"), "hi": D("72.405")},
+        {"system": UCUM, "code": "kg", "unit": "kg", "lo": D("72.40"), "hi": D("72.40")},
     ]
     assert rows(BP, "component-value-quantity") == [
-        {"system": UCUM, "code": "mm[Hg]", "unit": "mmHg", "lo": D("119.5"), "hi": D("120.5")},
-        {"system": UCUM, "code": "mm[Hg]", "unit": "mmHg", "lo": D("80.495"), "hi": D("80.505")},
+        {"system": UCUM, "code": "mm[Hg]", "unit": "mmHg", "lo": D("120"), "hi": D("120")},
+        {"system": UCUM, "code": "mm[Hg]", "unit": "mmHg", "lo": D("80.50"), "hi": D("80.50")},
     ]
     assert rows(BP, "value-quantity") == []
 
@@ -405,21 +406,40 @@ def comp(c1: tuple[str | None, str], c2s: str | None, c2c: str | None, lo: Any, 
 
 def test_composite_code_value_quantity() -> None:
     assert rows(WEIGHT, "code-value-quantity") == [
-        comp((LOINC, "29463-7"), UCUM, "kg", D("72.395"), D("72.405")),
-        comp(("http://snomed.info/sct", "27113001"), UCUM, "kg", D("72.395"), D("72.405")),
+        comp((LOINC, "29463-7"), UCUM, "kg", D("72.40"), D("72.40")),
+        comp(("http://snomed.info/sct", "27113001"), UCUM, "kg", D("72.40"), D("72.40")),
     ]
     assert rows(WEIGHT, "combo-code-value-quantity") == rows(WEIGHT, "code-value-quantity")
 
 
 def test_composite_component_code_value_quantity() -> None:
     assert rows(BP, "component-code-value-quantity") == [
-        comp((LOINC, "8480-6"), UCUM, "mm[Hg]", D("119.5"), D("120.5")),
-        comp((LOINC, "8462-4"), UCUM, "mm[Hg]", D("80.495"), D("80.505")),
+        comp((LOINC, "8480-6"), UCUM, "mm[Hg]", D("120"), D("120")),
+        comp((LOINC, "8462-4"), UCUM, "mm[Hg]", D("80.50"), D("80.50")),
     ]
     # combo- pairs the observation's own code with its value (none) and each component's code with its
     # value: never the panel code with a component value.
     assert rows(BP, "combo-code-value-quantity") == rows(BP, "component-code-value-quantity")
     assert rows(BP, "code-value-quantity") == []
+
+
+def test_codes_of_case_insensitive_systems_are_indexed_folded() -> None:
+    obs = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"coding": [{"system": LOINC, "code": "LA6576-8"}, {"system": "urn:test:cs", "code": "LA6576-8"},
+                            {"code": "LA6576-8"}]},
+        "category": [{"coding": [{"system": "http://snomed.info/sct", "code": "AbC"}]}],
+        "identifier": [{"system": LOINC, "value": "MiXeD"}],
+        "subject": {"identifier": {"system": LOINC, "value": "MiXeD"}},
+        "meta": {"tag": [{"system": LOINC, "code": "TaG"}]},
+    }
+    assert rows(obs, "code") == [tok(LOINC, "la6576-8"), tok("urn:test:cs", "LA6576-8"), tok(None, "LA6576-8")]
+    assert rows(obs, "category") == [tok("http://snomed.info/sct", "abc")]
+    assert rows(obs, "_tag") == [tok(LOINC, "tag")]
+    # Identifier values are not codes: never folded, whatever their system.
+    assert rows(obs, "identifier") == [tok(LOINC, "MiXeD")]
+    assert rows(obs, "subject:identifier") == [tok(LOINC, "MiXeD")]
 
 
 def test_composite_with_token_date_and_string_values() -> None:
@@ -435,8 +455,9 @@ def test_composite_with_token_date_and_string_values() -> None:
             "text": "Negative",
         },
     }
+    # LOINC is case-insensitive: its codes are indexed folded (composites too).
     assert rows(concept, "code-value-concept") == [
-        comp((LOINC, "X"), "http://snomed.info/sct", "260385009", None, None)
+        comp((LOINC, "x"), "http://snomed.info/sct", "260385009", None, None)
     ]
     assert rows(concept, "value-concept") == [
         tok("http://snomed.info/sct", "260385009"),
@@ -445,17 +466,17 @@ def test_composite_with_token_date_and_string_values() -> None:
     assert rows(concept, "value-string") == [s("negative", "Negative")]  # (value as CodeableConcept).text
     when = {**obs, "valueDateTime": "2022-03-04"}
     assert rows(when, "code-value-date") == [
-        comp((LOINC, "X"), None, None, D(ms("2022-03-04T00:00:00Z")), D(ms("2022-03-05T00:00:00Z"))),
+        comp((LOINC, "x"), None, None, D(ms("2022-03-04T00:00:00Z")), D(ms("2022-03-05T00:00:00Z"))),
     ]
     assert rows(when, "value-date") == [
         {"lo_ms": ms("2022-03-04T00:00:00Z"), "hi_ms": ms("2022-03-05T00:00:00Z")}
     ]
     period = {**obs, "valuePeriod": {"end": "2022"}}
     assert rows(period, "code-value-date") == [
-        comp((LOINC, "X"), None, None, D(DATE_MIN_MS), D(ms("2023-01-01T00:00:00Z")))
+        comp((LOINC, "x"), None, None, D(DATE_MIN_MS), D(ms("2023-01-01T00:00:00Z")))
     ]
     text = {**obs, "valueString": "Trace  Amount"}
-    assert rows(text, "code-value-string") == [comp((LOINC, "X"), None, "trace amount", None, None)]
+    assert rows(text, "code-value-string") == [comp((LOINC, "x"), None, "trace amount", None, None)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,7 +506,7 @@ def test_condition_us_core_dates() -> None:
         {"lo_ms": ms("2019-07-02T00:00:00Z"), "hi_ms": ms("2019-07-03T00:00:00Z")},
     ]
     assert rows(CONDITION, "abatement-age") == [
-        {"system": UCUM, "code": "a", "unit": "a", "lo": D("51.5"), "hi": D("52.5")},
+        {"system": UCUM, "code": "a", "unit": "a", "lo": D("52"), "hi": D("52")},
     ]
     assert rows(CONDITION, "abatement-date") == []
     assert rows(CONDITION, "clinical-status") == [
@@ -525,14 +546,19 @@ def test_period_timing_and_canonical() -> None:
 def test_numbers_money_duration_range_and_uri() -> None:
     risk = J("""{"resourceType": "RiskAssessment", "status": "final", "subject": {"reference": "Patient/p1"},
                  "prediction": [{"probabilityDecimal": 0.50},
-                                {"probabilityRange": {"low": {"value": 10}}}]}""")
-    assert rows(risk, "probability") == [{"lo": D("0.495"), "hi": D("0.505")}, {"lo": D("9.5"), "hi": None}]
+                                {"probabilityRange": {"low": {"value": 10}}},
+                                {"probabilityRange": {"high": {"value": 0.2}}},
+                                {"probabilityRange": {"low": {"unit": "%"}}}]}""")
+    # A Range's missing end is unbounded (stored as -1e300 / 1e300); one with neither value gives no row.
+    assert rows(risk, "probability") == [
+        {"lo": D("0.50"), "hi": D("0.50")}, {"lo": D("10"), "hi": D("1e300")}, {"lo": D("-1e300"), "hi": D("0.2")},
+    ]
     seq = {"resourceType": "MolecularSequence", "coordinateSystem": 0, "variant": [{"start": 100}]}
-    assert rows(seq, "variant-start") == [{"lo": D("99.5"), "hi": D("100.5")}]
+    assert rows(seq, "variant-start") == [{"lo": D("100"), "hi": D("100")}]
     invoice = J("""{"resourceType": "Invoice", "status": "issued",
                     "totalNet": {"value": 10.00, "currency": "EUR"}}""")
     assert rows(invoice, "totalnet") == [
-        {"system": "urn:iso:std:iso:4217", "code": "EUR", "unit": None, "lo": D("9.995"), "hi": D("10.005")},
+        {"system": "urn:iso:std:iso:4217", "code": "EUR", "unit": None, "lo": D("10.00"), "hi": D("10.00")},
     ]
     enc = {
         "resourceType": "Encounter",
@@ -541,7 +567,7 @@ def test_numbers_money_duration_range_and_uri() -> None:
         "length": {"value": 30, "unit": "min", "system": UCUM, "code": "min"},
     }
     assert rows(enc, "length") == [
-        {"system": UCUM, "code": "min", "unit": "min", "lo": D("29.5"), "hi": D("30.5")}
+        {"system": UCUM, "code": "min", "unit": "min", "lo": D("30"), "hi": D("30")}
     ]
     assert rows(enc, "class") == [tok("http://x", "AMB")]
     vs = J("""{"resourceType": "ValueSet", "status": "active", "url": "http://example.org/vs",
@@ -553,15 +579,15 @@ def test_numbers_money_duration_range_and_uri() -> None:
                                               "high": {"value": 65, "unit": "a"}}}]}""")
     assert rows(vs, "url") == [{"uri": "http://example.org/vs"}]
     assert rows(vs, "context-quantity") == [
-        {"system": UCUM, "code": "a", "unit": "a", "lo": D("17.5"), "hi": D("65.5")},
+        {"system": UCUM, "code": "a", "unit": "a", "lo": D("18"), "hi": D("65")},
     ]
     assert rows(vs, "context-type-quantity") == [
         comp(
             ("http://terminology.hl7.org/CodeSystem/usage-context-type", "age"),
             UCUM,
             "a",
-            D("17.5"),
-            D("65.5"),
+            D("18"),
+            D("65"),
         ),
     ]
 
@@ -702,7 +728,8 @@ def test_every_shared_resource_indexes() -> None:
             for kind, _ in got:
                 counts[kind] = counts.get(kind, 0) + 1
     assert total > 4000
-    assert set(counts) == {"string", "token", "date", "reference", "uri", "quantity", "composite"}, counts
+    # geo: Synthea's Locations have positions.
+    assert set(counts) == {"string", "token", "date", "reference", "uri", "quantity", "composite", "geo"}, counts
 
 
 def test_malformed_values_never_raise() -> None:

@@ -202,6 +202,9 @@ CASES: list[tuple[str, Callable[[World], Callable[[Resource], bool]]]] = [
         "RiskAssessment?probability=gt0.500",
         lambda w: lambda r: x.number_match(x.values(r, "prediction.probabilityDecimal"), "gt0.500"),
     ),
+    # Synthea's Locations around Lowell, MA and Springfield, MA (about 2.3, 2.5 and 118-125 km away).
+    ("Location?near=42.66|-71.31|2.4|km", lambda w: lambda r: x.near_match(r, 42.66, -71.31, 2.4)),
+    ("Location?near=42.66|-71.31|75|[mi_i]", lambda w: lambda r: x.near_match(r, 42.66, -71.31, 75 * 1.609344)),
     (
         "ValueSet?url:below=http://example.org/fhir/ValueSet/a",
         lambda w: lambda r: r["id"] in ("vs-a", "vs-ab"),

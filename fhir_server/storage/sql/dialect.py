@@ -15,6 +15,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 
+from fhir_server.storage.sql.geo import register_sqlite
+
 
 def create_engine(url: str, *, pool_size: int, timeout_s: float) -> Engine:
     u = make_url(url)
@@ -62,6 +64,7 @@ def _configure_sqlite(engine: Engine, *, memory: bool, busy_ms: int) -> None:
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute(f"PRAGMA busy_timeout={busy_ms}")
         cur.close()
+        register_sqlite(dbapi_conn)
 
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Double,
     Index,
     Integer,
     LargeBinary,
@@ -104,7 +105,12 @@ idx_composite = _index_table(
     Column("c1_system", _text(512)), Column("c1_code", _text(512)),
     Column("c2_system", _text(512)), Column("c2_code", _text(512)),
     Column("c2_lo", Numeric), Column("c2_hi", Numeric),
+    # The third component of a three-part composite (token$number$number: MolecularSequence).
+    Column("c3_lo", Numeric), Column("c3_hi", Numeric),
 )
+# Positions (Location near), in WGS84 degrees.  Binary floats: the distance is computed in floating
+# point anyway, and the box prefilter compares against float bounds.
+idx_geo = _index_table("idx_geo", Column("lat", Double), Column("lon", Double))
 
 # Lookup indexes end in pid so a parameter test is answered from the index alone (covering);
 # measured at 39k resources, patient+category searches otherwise fetched every matching row.
@@ -124,6 +130,9 @@ Index("ix_idx_reference_target", idx_reference.c.target_type, idx_reference.c.ta
 Index("ix_idx_uri_lookup", idx_uri.c.res_type, idx_uri.c.param, idx_uri.c.uri, idx_uri.c.pid)
 Index("ix_idx_composite_lookup", idx_composite.c.res_type, idx_composite.c.param, idx_composite.c.c1_code,
       idx_composite.c.c2_code, idx_composite.c.pid)
+# Latitude leads: a near search is a latitude range; longitude and pid are read from the index
+# too, so the distance test runs on index entries alone (covering).
+Index("ix_idx_geo_lookup", idx_geo.c.res_type, idx_geo.c.param, idx_geo.c.lat, idx_geo.c.lon, idx_geo.c.pid)
 
 INDEX_TABLES = {
     "string": idx_string,
@@ -134,4 +143,5 @@ INDEX_TABLES = {
     "reference": idx_reference,
     "uri": idx_uri,
     "composite": idx_composite,
+    "geo": idx_geo,
 }

@@ -19,6 +19,7 @@ from sqlalchemy import and_, exists, false, func, literal, not_, or_, select, tr
 from sqlalchemy.sql.elements import ColumnElement
 
 from fhir_server.errors import invalid
+from fhir_server.search.code_case import CASE_INSENSITIVE_LIST, fold, is_case_insensitive
 from fhir_server.search.query import (
     MAX_MS,
     MIN_MS,
@@ -31,6 +32,7 @@ from fhir_server.search.query import (
     Has,
     InCompartment,
     InCompartments,
+    NearValue,
     NumberValue,
     QuantityValue,
     ReferenceValue,
@@ -38,11 +40,23 @@ from fhir_server.search.query import (
     TokenValue,
     TypeIn,
 )
+from fhir_server.storage.sql.geo import near_clause
 from fhir_server.storage.sql.schema import INDEX_TABLES, idx_reference, resource
 
 _TOP = "\U0010ffff"  # sorts after every other code point: the upper bound of a prefix range
+# Condition kinds whose index table is not idx_<kind>.
+_TABLE_OF_KIND = {"near": "geo"}
 # Kinds that sort by one text column of their index table.
 _TEXT_SORT = {"string": "value_norm", "token": "code", "uri": "uri", "reference": "target_id"}
+# Token rows of these parameter suffixes hold identifier values, which never compare case-insensitively.
+_IDENTIFIER_ROWS = (":identifier", ":of-type")
+
+
+def own_param(param_col: Any) -> ColumnElement[bool]:
+    """Rows of the resource's own parameters, not those of a resource held inside it (Bundle
+    ``composition``), whose param is ``<code>.<param>`` (extract.py): ``_include=*`` follows only
+    the former."""
+    return not_(param_col.contains("."))
 
 
 def _prefix(col: Any, value: str) -> ColumnElement[bool]:
@@ -82,29 +96,65 @@ def date_clause(col_lo: Any, col_hi: Any, v: DateRange, now: int) -> ColumnEleme
 
 
 def number_clause(col_lo: Any, col_hi: Any, v: NumberValue) -> ColumnElement[bool]:
-    """Compare the target value (the middle of its stored precision range) with the search value."""
-    target = (col_lo + col_hi) / 2
+    """Match the target interval [col_lo, col_hi] against a search number (R4 search.html#number,
+    #prefix).  A value v is stored as [v, v], a Range as [low, high] with an open end at -1e300 /
+    1e300 (extract.py), so for a value every test below is the plain comparison of v.
+
+    eq / ne take the search value's implicit precision (100 is [99.5, 100.5)) and need the whole
+    target inside it.  The order prefixes compare with the exact search value, as R4 words them for
+    numbers ("gt100: values that are greater than exactly 100"); a Range matches gt / ge when its
+    upper end lies above (R4: "the range above the search value intersects the range of the target
+    value"), lt / le when its lower end lies below, sa / eb when all of it does, ap when some of it
+    is within 10% of the value."""
     p = v.prefix
+    # "col_lo < ..." in eq and eb repeats what lo <= hi implies: it bounds the lookup index's range
+    # on lo, which leads hi there (PostgreSQL scanned the whole table for eq without it).
     if p == "eq":
-        return and_(target >= v.lo, target < v.hi)
+        return and_(col_lo >= v.lo, col_lo < v.hi, col_hi < v.hi)
     if p == "ne":
-        return or_(target < v.lo, target >= v.hi)
-    if p in ("gt", "sa"):
-        return target > v.value
-    if p in ("lt", "eb"):
-        return target < v.value
+        return or_(col_lo < v.lo, col_hi >= v.hi)
+    if p == "gt":
+        return col_hi > v.value
+    if p == "lt":
+        return col_lo < v.value
     if p == "ge":
-        return target >= v.value
+        return col_hi >= v.value
     if p == "le":
-        return target <= v.value
+        return col_lo <= v.value
+    if p == "sa":
+        return col_lo > v.value
+    if p == "eb":
+        return and_(col_lo < v.value, col_hi < v.value)
     gap = abs(v.value) / 10
-    return and_(target >= v.value - gap, target <= v.value + gap)
+    return and_(col_hi >= v.value - gap, col_lo <= v.value + gap)
 
 
-def token_clause(system_col: Any, code_col: Any, v: TokenValue) -> ColumnElement[bool]:
+def _composite_reference(type_col: Any, id_col: Any, v: ReferenceValue) -> ColumnElement[bool]:
+    """A reference as composite rows hold it (extract.py): (target type, id), or (NULL, url)."""
+    if v.url is not None:
+        return and_(type_col.is_(None), id_col == v.url)
+    parts = [id_col == v.target_id]
+    if v.target_type is not None:
+        parts.append(type_col == v.target_type)
+    return and_(*parts)
+
+
+def token_clause(system_col: Any, code_col: Any, v: TokenValue, fold_codes: bool = True) -> ColumnElement[bool]:
+    """A token row matches when its code is equal, or, in a case-insensitive code system (whose
+    codes the index stores folded, code_case.py), equal after folding (R4 search.html#token).
+
+    ``fold_codes=False`` for rows that hold identifier values (``:identifier``, ``:of-type``)."""
     parts: list[ColumnElement[bool]] = []
     if v.code is not None:
-        parts.append(code_col == v.code)
+        folded = fold(v.code) if fold_codes else v.code
+        if folded == v.code or not (v.any_system or is_case_insensitive(v.system)):
+            parts.append(code_col == v.code)
+        else:
+            # An IN list on the code keeps the lookup an index seek on (res_type, param, code);
+            # the system test then runs on the same (covering) index entries.
+            parts.append(code_col.in_([v.code, folded]))
+            if v.any_system:
+                parts.append(or_(code_col == v.code, system_col.in_(CASE_INSENSITIVE_LIST)))
     if not v.any_system:
         parts.append(system_col.is_(None) if v.system is None else system_col == v.system)
     return and_(*parts) if parts else true()
@@ -121,7 +171,7 @@ class Planner:
         if isinstance(cond, Condition):
             if cond.modifier in ("not", "missing"):
                 return 9
-            return {"id": 0, "reference": 1, "string": 3, "uri": 3, "composite": 3, "quantity": 4,
+            return {"id": 0, "reference": 1, "string": 3, "uri": 3, "composite": 3, "near": 3, "quantity": 4,
                     "number": 4, "token": 5, "date": 6, "lastUpdated": 7}.get(cond.kind, 8)
         if isinstance(cond, Chain | Has):
             return 2
@@ -173,7 +223,8 @@ class Planner:
 
     def _index_tests(self, cond: Condition, *, alias: bool) -> tuple[Any, list[ColumnElement[bool]]]:
         """The index table of ``cond`` and the tests its rows must pass."""
-        table: Any = INDEX_TABLES[cond.kind if cond.kind in INDEX_TABLES else "token"]
+        name = _TABLE_OF_KIND.get(cond.kind, cond.kind)
+        table: Any = INDEX_TABLES[name if name in INDEX_TABLES else "token"]
         if alias:
             table = table.alias()
         tests = [table.c.param == cond.code]
@@ -211,7 +262,7 @@ class Planner:
         if kind == "token":
             if mod == "text":
                 return _prefix(c.text_norm, v)
-            return token_clause(c.system, c.code, v)
+            return token_clause(c.system, c.code, v, fold_codes=not cond.code.endswith(_IDENTIFIER_ROWS))
         if kind == "date":
             return date_clause(c.lo_ms, c.hi_ms, v, self.now)
         if kind == "number":
@@ -242,7 +293,10 @@ class Planner:
             return c.uri == v
         if kind == "composite":
             assert isinstance(v, CompositeValue)
-            parts = [token_clause(c.c1_system, c.c1_code, v.first)]
+            if isinstance(v.first, ReferenceValue):
+                parts = [_composite_reference(c.c1_system, c.c1_code, v.first)]
+            else:
+                parts = [token_clause(c.c1_system, c.c1_code, v.first)]
             second = v.second
             if cond.second_kind == "token":
                 parts.append(token_clause(c.c2_system, c.c2_code, second))
@@ -258,7 +312,15 @@ class Planner:
                 parts.append(date_clause(c.c2_lo, c.c2_hi, second, self.now))
             elif cond.second_kind == "string":
                 parts.append(_prefix(c.c2_code, second))
+            third = v.third
+            if isinstance(third, NumberValue):
+                parts.append(number_clause(c.c3_lo, c.c3_hi, third))
+            elif isinstance(third, DateRange):
+                parts.append(date_clause(c.c3_lo, c.c3_hi, third, self.now))
             return and_(*parts)
+        if kind == "near":
+            assert isinstance(v, NearValue)
+            return near_clause(c.lat, c.lon, v)
         raise invalid(f"Search parameter '{cond.code}' of type {kind} is not supported")
 
     def _all_of(self, cond: AllOf, r: Any, drive: bool) -> ColumnElement[bool]:
