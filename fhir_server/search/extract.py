@@ -43,6 +43,12 @@ Out = list[tuple[str, Row]]
 Maker = Callable[[str, Any, Out, "Indexer"], None]
 
 ISO_4217 = "urn:iso:std:iso:4217"
+# What index rows a resource gets.  Bump it whenever extraction changes for resources already
+# stored (a new parameter, another row format): a database indexed by an older version answers
+# searches from stale rows until `fhir-server reindex`, which the server then asks for at start.
+# 2: open Range ends, [v, v] number rows, folded case-insensitive codes, near, 3-part composites.
+INDEX_VERSION = 2
+
 _STRINGY = ("string", "markdown", "code", "id", "uri", "url", "canonical", "oid", "uuid")
 _INTEGERS = ("integer", "positiveInt", "unsignedInt")
 _QUANTITIES = ("Quantity", "Age", "Count", "Distance", "Duration")

@@ -92,3 +92,27 @@ def test_searches_use_the_lookup_indexes(
     else:
         assert "ix_idx_" in plan, plan
         assert "Seq Scan on idx_" not in plan, plan
+
+
+def test_postgresql_keeps_the_chosen_driver(loaded: SqlBackend) -> None:
+    """On PostgreSQL the non-driving conditions stay per-candidate probes (SubPlans), so the
+    condition the planner chose (here the patient's references) drives whatever the row estimates
+    say; SQLite runs the query as written anyway."""
+    if loaded.dialect.is_sqlite:
+        pytest.skip("SQLite does not reorder an EXISTS")
+    query = parse_search(["Observation"], [("patient", "p7"), ("category", "laboratory"), ("status", "final")],
+                         default_count=20, max_count=100, base_url="http://x/fhir")
+    planner = Planner(now_ms(), fence_probes=True)
+    stmt = sa.select(R.pid).where(*loaded._where(query, planner)).order_by(R.pid).limit(21)
+    sql = str(stmt.compile(dialect=loaded.engine.dialect, compile_kwargs={"literal_binds": True}))
+    assert sql.count("OFFSET 0") == 2, sql
+    with loaded.engine.connect() as conn:
+        plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + sql).fetchall())
+    assert plan.count("SubPlan") >= 2 and "ix_idx_reference_lookup" in plan, plan
+    assert "Seq Scan" not in plan, plan
+    # The fenced query finds what the plain one finds.
+    with loaded.engine.connect() as conn:
+        fenced = [r[0] for r in conn.exec_driver_sql(sql).fetchall()]
+        plain_stmt = sa.select(R.pid).where(*loaded._where(query, Planner(now_ms()))).order_by(R.pid).limit(21)
+        plain = [r[0] for r in conn.execute(plain_stmt).fetchall()]
+    assert fenced == plain and fenced

@@ -68,6 +68,15 @@ resource_history = Table(
 )
 
 
+# Facts about the database itself, by key (``index_version``: see search/extract.py INDEX_VERSION).
+server_state = Table(
+    "server_state",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+
 def _text(length: int) -> String:
     # Byte-order comparison on PostgreSQL, as SQLite's BINARY collation does: prefix searches are
     # ranges (value >= 'abc' AND value < 'abc\U0010ffff') that a plain B-tree index serves.

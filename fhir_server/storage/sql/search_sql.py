@@ -161,8 +161,14 @@ def token_clause(system_col: Any, code_col: Any, v: TokenValue, fold_codes: bool
 
 
 class Planner:
-    def __init__(self, now_ms: int) -> None:
+    def __init__(self, now_ms: int, *, fence_probes: bool = False) -> None:
         self.now = now_ms
+        # PostgreSQL flattens an EXISTS into a semi-join and then orders the joins by its own row
+        # estimates, which are poor for rare (type, parameter, value) combinations: at 1M
+        # resources Patient?family=adams&gender=male,female was driven from the 2,600 gender rows
+        # (estimated: 1) and took 30 ms.  OFFSET 0 keeps a probe a per-candidate subplan, so the
+        # condition chosen here drives, as it does on SQLite (4 ms).
+        self.fence_probes = fence_probes
 
     # -- conditions ---------------------------------------------------------------------------
     @staticmethod
@@ -217,7 +223,10 @@ class Planner:
         if drive:
             found: ColumnElement[bool] = r.c.pid.in_(select(table.c.pid).where(*tests))
         else:
-            found = exists().where(table.c.pid == r.c.pid, *tests)
+            probe = select(table.c.pid).where(table.c.pid == r.c.pid, *tests)
+            if self.fence_probes:
+                probe = probe.offset(0)
+            found = probe.exists()
         negate = cond.values[0] if cond.modifier == "missing" else cond.modifier == "not"
         return not_(found) if negate else found
 

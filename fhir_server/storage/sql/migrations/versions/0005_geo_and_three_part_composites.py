@@ -1,11 +1,13 @@
-"""idx_geo (Location near) and the third component of composite index rows
+"""idx_geo (Location near), the third component of composite index rows, server_state
 
 Revision ID: 0005
 Revises: 0004
 
 Existing resources get no rows in the new table or columns from this migration: run
 ``fhir-server reindex`` (Location, MolecularSequence, DocumentReference and Bundle are the types
-whose parameters it newly indexes).
+whose parameters it newly indexes; number, quantity and token rows changed format for every
+type).  ``server_state`` records the index version a database was built with, so that a server
+finding an older one says so at start.
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table(
+        "server_state",
+        sa.Column("key", sa.String(length=64), nullable=False),
+        sa.Column("value", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("key"),
+    )
     op.create_table(
         "idx_geo",
         sa.Column("pid", sa.BigInteger(), nullable=False),
@@ -44,3 +52,4 @@ def downgrade() -> None:
         batch_op.drop_index("ix_idx_geo_pid")
         batch_op.drop_index("ix_idx_geo_lookup")
     op.drop_table("idx_geo")
+    op.drop_table("server_state")
