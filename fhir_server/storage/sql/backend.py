@@ -558,11 +558,7 @@ class SqlBackend:
         types = query.resource_types
         where: list[ColumnElement[bool]] = [R.deleted.is_(False)]
         where.append(R.res_type == types[0] if len(types) == 1 else R.res_type.in_(types))
-        # The most selective condition drives; the rest are probed per candidate.
-        driver = min(range(len(query.conditions)), key=lambda i: Planner.selectivity(query.conditions[i]),
-                     default=-1)
-        for i, cond in enumerate(query.conditions):
-            where.append(planner.predicate(cond, resource, drive=i == driver))
+        where += planner.conditions(query.conditions, resource)
         return where
 
     def _match_pids(self, cur: Any, query: SearchQuery, *, limit: int) -> list[int]:

@@ -239,24 +239,59 @@ class Planner:
         tests = [table.c.param == cond.code]
         if cond.resource_type:
             tests.insert(0, table.c.res_type == cond.resource_type)
-        if cond.modifier != "missing":
-            tests.append(or_(*[self._value(cond, table, v) for v in cond.values]))
+        if cond.modifier == "missing":
+            return table, tests
+        values = list(cond.values)
+        alternatives: list[ColumnElement[bool]] = []
+        if cond.kind == "token" and cond.modifier is None and len(values) > 1:
+            # gender=male,female as one code IN (...): an OR of equalities cannot bound an index
+            # seek, so a probe of a pid's rows scanned every (type, parameter) row on PostgreSQL.
+            plain = [v.code for v in values if v.any_system and v.code is not None and fold(v.code) == v.code]
+            if len(plain) > 1:
+                alternatives.append(table.c.code.in_(plain))
+                values = [v for v in values if not (v.any_system and v.code in plain)]
+        alternatives += [self._value(cond, table, v) for v in values]
+        tests.append(or_(*alternatives))
         return table, tests
 
+    def conditions(self, conditions: Sequence[Any], r: Any) -> list[ColumnElement[bool]]:
+        """The predicates of a query's conditions on the resource-table alias ``r``.
+
+        The most selective condition drives.  When it is an index condition, the other index
+        conditions probe its index rows (by pid) inside the driving subquery, so a resource row is
+        read only for a match, not for every candidate: a patient's 1,379 Observations probed for
+        one code read 11k buffers on PostgreSQL at 1M resources, 5.5k this way.  Conditions that
+        need the resource row (chains, _has, compartments, _id, _lastUpdated) probe outside."""
+        if not conditions:
+            return []
+        driver = min(range(len(conditions)), key=lambda i: Planner.selectivity(conditions[i]))
+        lead = conditions[driver]
+        if not _on_index(lead) or lead.modifier in ("missing", "not"):
+            return [self.predicate(c, r, drive=i == driver) for i, c in enumerate(conditions)]
+        table, tests = self._index_tests(lead, alias=False)
+        others = [c for i, c in enumerate(conditions) if i != driver]
+        tests += [self.predicate(c, table, drive=False) for c in others if _on_index(c)]
+        return [r.c.pid.in_(select(table.c.pid).where(*tests)),
+                *[self.predicate(c, r, drive=False) for c in others if not _on_index(c)]]
+
     def index_count(self, types: Sequence[str], conditions: Sequence[Any]) -> Any | None:
-        """A count of the matches read from the covering lookup index alone, or None when the
-        query is not one positive index condition on one type.
+        """A count of the matches read from the lookup indexes alone, or None when the query is
+        not made of index conditions on one type (with a positive one to drive).
 
         Index rows exist only for current, non-deleted resources (a delete removes them), so
-        counting distinct pids there equals counting the resources; it spares one resource-table
-        lookup per match, which dominated ``_summary=count`` over 100k+ matches."""
-        if len(types) != 1 or len(conditions) != 1:
+        counting the driver's distinct pids, each probed for the other conditions, equals counting
+        the resources; it spares a resource-table lookup per match, which dominated
+        ``_summary=count`` over 100k+ matches (191 -> 50 ms at 1M on SQLite)."""
+        if len(types) != 1 or not conditions:
             return None
-        cond = conditions[0]
-        if (not isinstance(cond, Condition) or cond.kind in ("id", "lastUpdated")
-                or cond.modifier in ("missing", "not") or cond.resource_type != types[0]):
+        if not all(_on_index(c) and c.resource_type == types[0] for c in conditions):
             return None
-        table, tests = self._index_tests(cond, alias=False)
+        driver = min(range(len(conditions)), key=lambda i: Planner.selectivity(conditions[i]))
+        lead = conditions[driver]
+        if lead.modifier in ("missing", "not"):
+            return None
+        table, tests = self._index_tests(lead, alias=False)
+        tests += [self.predicate(c, table, drive=False) for i, c in enumerate(conditions) if i != driver]
         return select(func.count(table.c.pid.distinct())).where(*tests)
 
     def _value(self, cond: Condition, t: Any, v: Any) -> ColumnElement[bool]:
@@ -432,6 +467,11 @@ class Planner:
             ahead = (expr < values[i]) if desc == forward else (expr > values[i])
             ors.append(and_(*[e == values[j] for j, (e, _) in enumerate(exprs[:i])], ahead))
         return or_(*ors)
+
+
+def _on_index(cond: Any) -> bool:
+    """A condition answered by an index table's rows alone (a pid's rows), not the resource row."""
+    return isinstance(cond, Condition) and cond.kind not in ("id", "lastUpdated")
 
 
 def encode_cursor(direction: str, values: list[Any]) -> str:
