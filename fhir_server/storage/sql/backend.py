@@ -33,6 +33,7 @@ from fhir_server.storage.base import (
     WriteRequest,
 )
 from fhir_server.storage.sql import migrate
+from fhir_server.storage.sql.checkpoint import WalCheckpointer, disable_autocheckpoint
 from fhir_server.storage.sql.dialect import Dialect, create_engine
 from fhir_server.storage.sql.group_commit import GroupCommitter
 from fhir_server.storage.sql.runner import SqlRunner
@@ -123,6 +124,10 @@ class SqlBackend:
         self._own_readers = self.engine.pool.__class__.__name__ != "StaticPool"
         # One writer at a time (SQLite file): concurrent writes are batched into group commits.
         self._group = GroupCommitter(self._group_transaction) if self.dialect.is_sqlite and self._own_readers else None
+        # A SQLite file's log is checkpointed by a thread of its own, not inside a writer's commit.
+        self._checkpointer = WalCheckpointer(self.engine, self.dialect.write_guard) if self._group is not None else None
+        if self._checkpointer is not None:
+            disable_autocheckpoint(self.engine)
         self.parallel_writes = not self.dialect.is_sqlite or self._group is not None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -172,6 +177,8 @@ class SqlBackend:
     def close(self) -> None:
         if self._group is not None:
             self._group.close()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self.engine.dispose()
 
     def ping(self) -> bool:
@@ -206,6 +213,8 @@ class SqlBackend:
                     self.dialect.begin(cur, write=write)
                 yield cur
                 raw.commit()
+                if write and self._checkpointer is not None:
+                    self._checkpointer.committed()
             except BaseException:
                 # The connection may already be gone; the original error is what matters.
                 with suppress(Exception):
