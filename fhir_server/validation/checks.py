@@ -137,7 +137,9 @@ def invariant_check(inv: Invariant, node: Node, eid: str) -> Check:
         if ok is not True:
             report(ok, value, path, ctx)
 
-    INLINE[check] = ("predicate", test, fallback, report)
+    element = eid or node.eid
+    INLINE[check] = ("predicate", test, fallback, report, (severity, "invariant", failed, "", node.profile, element, key),
+                     ("warning", "invariant", unknown, "", node.profile, element, key))  # fmt: skip
     return check
 
 
@@ -160,6 +162,8 @@ def fixed_check(fixed: Any, node: Node, eid: str) -> Check:
 
     if isinstance(fixed, str) and _is_text(fixed):
         INLINE[check] = ("equals", str.__str__(fixed), report)
+    else:
+        INLINE[check] = ("test", test, report)
     return check
 
 
@@ -171,11 +175,15 @@ def _is_text(v: str) -> bool:
 def pattern_check(pattern: Any, node: Node, eid: str) -> Check:
     test = value_test(pattern, exact=False)
 
+    def report(value: Any, path: Path, ctx: Ctx) -> None:
+        ctx.add("error", "value", path, f"{eid}: the value must match the pattern {short(pattern)}, found {short(value)}",
+                node, eid)  # fmt: skip
+
     def check(value: Any, path: Path, ctx: Ctx) -> None:
         if not test(value):
-            ctx.add("error", "value", path, f"{eid}: the value must match the pattern {short(pattern)}, found {short(value)}",
-                    node, eid)  # fmt: skip
+            report(value, path, ctx)
 
+    INLINE[check] = ("test", test, report)
     return check
 
 
@@ -201,8 +209,8 @@ def binding_check(exp: Expansion, strength: str, vs: str, value_type: str,
                 ctx.add(severity, code, path,
                         f"{eid}: none of the codings ({found}) is in the {strength} value set {vs}", node, eid)  # fmt: skip
 
-        def verdict(coding: Any) -> bool | None:
-            return coded_member(exp, coding, cs_codes, memo)
+        def verdict(system: str | None, code: str) -> bool | None:
+            return _verdict(exp, system, code, cs_codes, memo)
 
         INLINE[check_cc] = ("concept", memo, verdict, strength == "required")
         return check_cc
@@ -221,6 +229,7 @@ def binding_check(exp: Expansion, strength: str, vs: str, value_type: str,
                 severity, code, path, f"{eid}: {shown} is not in the {strength} value set {vs}", node, eid
             )
 
+    INLINE[check] = ("memo", memo, "coding" if value_type in ("Coding", "Quantity") else "code")
     return check
 
 

@@ -67,8 +67,12 @@ def canonical_label(sd: CompactSD) -> str:
 class PlanCompiler:
     """Compiles profiles of one ``Conformance`` into plans; thread-safe, each plan built once."""
 
-    def __init__(self, conf: Conformance, facts: Facts, invariants: InvariantCompiler) -> None:
+    def __init__(
+        self, conf: Conformance, facts: Facts, invariants: InvariantCompiler, generate: bool = True
+    ) -> None:
         self.conf = conf
+        # plans turned into Python (plan_codegen); False keeps them interpreted (tests compare both)
+        self.generate = generate
         self.facts = facts
         self.invariants = invariants
         self._plans: dict[int, Node] = {}
@@ -98,7 +102,8 @@ class PlanCompiler:
                     del self._plans[id(sd)]  # no half-built plan stays behind
                     raise
                 builder.seal()
-                self.walks.compile_reachable(node)
+                if self.generate:
+                    self.walks.compile_reachable(node)
             return node
 
     def type_plan(self, type_name: str) -> Node | None:

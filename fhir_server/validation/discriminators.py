@@ -10,13 +10,21 @@ from collections.abc import Callable
 from typing import Any
 
 from fhir_server.validation.checks import coded_member
-from fhir_server.validation.plan import Ctx, Matcher
+from fhir_server.validation.plan import MATCH_SHAPES, Ctx, Matcher
 from fhir_server.validation.terminology import Expansion
 from fhir_server.validation.values import navigate, value_test
 
 
 def never(item: Any, ctx: Ctx) -> bool:
     return False
+
+
+MATCH_SHAPES[never] = ("never",)
+
+
+def _shaped(match: Matcher, *shape: Any) -> Matcher:
+    MATCH_SHAPES[match] = shape
+    return match
 
 
 def all_of(matchers: list[Matcher]) -> Matcher:
@@ -29,7 +37,7 @@ def all_of(matchers: list[Matcher]) -> Matcher:
                 return False
         return True
 
-    return match
+    return _shaped(match, "all", tuple(matchers))
 
 
 def any_of(matchers: list[Matcher]) -> Matcher:
@@ -42,17 +50,17 @@ def any_of(matchers: list[Matcher]) -> Matcher:
                 return True
         return False
 
-    return match
+    return _shaped(match, "any", tuple(matchers))
 
 
 def value_matcher(segs: tuple[str, ...], expected: Any, exact: bool) -> Matcher:
     if len(segs) == 1 and isinstance(expected, str):
         key = segs[0]
         text = str.__str__(expected)
-        return lambda item, ctx: type(item) is dict and item.get(key) == text
+        return _shaped(lambda item, ctx: type(item) is dict and item.get(key) == text, "equals", key, text)
     test = value_test(expected, exact)
     if not segs:
-        return lambda item, ctx: test(item)
+        return _shaped(lambda item, ctx: test(item), "test", test)
     if _plain(segs):
         key = segs[0]
 
@@ -69,8 +77,8 @@ def value_matcher(segs: tuple[str, ...], expected: Any, exact: bool) -> Matcher:
                 return False
             return test(v)
 
-        return match
-    return lambda item, ctx: any(test(v) for v in navigate(item, segs))
+        return _shaped(match, "member", key, test)
+    return _shaped(lambda item, ctx: any(test(v) for v in navigate(item, segs)), "path", segs, test)
 
 
 def _plain(segs: tuple[str, ...]) -> bool:

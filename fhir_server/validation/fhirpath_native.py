@@ -27,6 +27,7 @@ fhirpathpy and the Java engine raise), date/time comparison by precision and tim
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
@@ -94,6 +95,9 @@ class _V:
     # "coll": a collection; "tfe": one of the shared _T/_F/_E; "bool": a Python True/False/None
     # (a boolean result kept out of a list until a collection is needed)
     kind: str = "coll"
+    # a "bool" that is never None (exists(), empty(), hasValue() and what is built of them only):
+    # the connectives need no three-valued logic for it
+    definite: bool = False
 
 
 def _truth_of(v: _V) -> str:
@@ -129,7 +133,12 @@ class _Source:
 
 
 class NativeCompiler:
-    def __init__(self, facts: Facts, member_of: MemberOf) -> None:
+    def __init__(self, facts: Facts, member_of: MemberOf, peepholes: bool = True) -> None:
+        # Shorter code for common shapes (name.hasValue(), name.exists(), start <= end, connectives
+        # of two-valued booleans); False compiles everything the general way (the tests compare)
+        self.peepholes = peepholes
+        # (source, constants) -> the function compiled from them
+        self._functions: dict[tuple[str, tuple[tuple[str, Any], ...]], Callable[..., Any]] = {}
         self.facts = facts
         self.member_of = member_of
         self._resource_types = frozenset(facts.r4_resource_types)
@@ -174,21 +183,34 @@ class NativeCompiler:
         src = _Source(ns)
         src.items["focus"] = "value"
         result = self._x(src, node, context_type, context_type, "focus", "focus", 1)
-        head = "def _generated(value, root):\n    focus = [value]\n"
         if predicate:
             tail = f"\n    return {_truth_of(result)} is True\n"
         else:
             result = self._coll(src, result, 1)
             tail = f"\n    return {result.var}\n"
-        exec(compile(head + "\n".join(src.lines) + tail, label, "exec"), ns)
+        body = "\n".join(src.lines) + tail
+        # the context as a collection, built only when the code reads it as one
+        head = "def _generated(value, root):\n" + ("    focus = [value]\n" if _reads(body, "focus") else "")
+        # One function for the same code with the same constants: dom-6 on every resource type,
+        # an invariant in several profiles (fewer functions for the CPU caches to hold)
+        key = (head + body, tuple((k, ("fn", id(v)) if callable(v) else repr(v)) for k, v in ns.items()
+                                  if k not in RUNTIME and k != "_member_of"))  # fmt: skip
+        found = self._functions.get(key)
+        if found is not None:
+            return found
+        exec(compile(head + body, label, "exec"), ns)
         fn: Callable[..., Any] = ns["_generated"]
+        self._functions[key] = fn
         return fn
 
     def _coll(self, g: _Source, v: _V, ind: int) -> _V:
         if v.kind != "bool":
             return v
         t = g.tmp()
-        g.emit(ind, f"{t} = _E if {v.var} is None else (_T if {v.var} else _F)")
+        if v.definite:
+            g.emit(ind, f"{t} = _T if {v.var} else _F")
+        else:
+            g.emit(ind, f"{t} = _E if {v.var} is None else (_T if {v.var} else _F)")
         return _V(t, v.type, None, "tfe")
 
     def _c(self, g: _Source, n: dict[str, Any], ft: str | None, tt: str | None, focus: str, this: str,
@@ -229,13 +251,37 @@ class NativeCompiler:
 
     def _n_InvocationExpression(self, g: _Source, n: dict[str, Any], ft: str | None, tt: str | None, focus: str,
                                 this: str, ind: int) -> _V:  # fmt: skip
-        left = self._c(g, n["children"][0], ft, tt, focus, this, ind)
         right = n["children"][1]
+        called = _function_name(right) if self.peepholes else None
+        if called == "hasValue":
+            found = self._has_value(g, n["children"][0], ft, focus, ind)
+            if found is not None:
+                return found
+        if called in ("exists", "empty"):
+            found = self._exists(g, n["children"][0], ft, focus, called == "empty", ind)
+            if found is not None:
+                return found
+        # not() reads a boolean as it is: no collection to build and take apart again
+        left = (self._x if called == "not" else self._c)(g, n["children"][0], ft, tt, focus, this, ind)
         if right["type"] == "MemberInvocation":
             return self._member(g, left, _identifier(right), ind)
         if right["type"] == "FunctionInvocation":
             return self._function(g, left, right, tt, this, ind)
         raise Unsupported(f"{right['type']} is not supported")
+
+    def _has_value(self, g: _Source, n: dict[str, Any], ft: str | None, focus: str, ind: int) -> _V | None:
+        """``name.hasValue()`` on the one context item, for a primitive member: one read of the
+        member instead of a collection built and examined (None: not that shape)."""
+        found = self._primitive_member(g, n, ft, focus)
+        if found is None:
+            return None
+        name, item = found[0], g.items[focus]
+        # as _nav then hasValue(): exactly one item, present (not only "_name"), not an object
+        v, x, t = g.tmp("v"), g.tmp("x"), g.tmp()
+        g.emit(ind, f"{v} = {item}.get({name!r}) if type({item}) is dict else None")
+        g.emit(ind, f"{x} = {v}[0] if type({v}) is list and len({v}) == 1 else {v}")
+        g.emit(ind, f"{t} = {x} is not None and type({x}) is not dict and type({x}) is not list")
+        return _V(t, "System.Boolean", None, "bool", True)
 
     def _n_ExternalConstantTerm(self, g: _Source, n: dict[str, Any], ft: str | None, tt: str | None, focus: str,
                                 this: str, ind: int) -> _V:  # fmt: skip
@@ -278,6 +324,17 @@ class NativeCompiler:
                          ind: int) -> _V:  # fmt: skip
         a = self._x(g, n["children"][0], ft, tt, focus, this, ind)
         t, ta, tb = g.tmp(), g.tmp("b"), g.tmp("b")
+        if a.definite:  # a two-valued left side: its truth is the variable itself
+            g.emit(ind, f"if not {a.var}:")
+            g.emit(ind + 1, f"{t} = False")
+            g.emit(ind, "else:")
+            b = self._x(g, n["children"][1], ft, tt, focus, this, ind + 1)
+            if b.definite:
+                g.emit(ind + 1, f"{t} = {b.var}")
+                return _V(t, "System.Boolean", None, "bool", True)
+            g.emit(ind + 1, f"{tb} = {_truth_of(b)}")
+            g.emit(ind + 1, f"{t} = False if {tb} is False else (True if {tb} is True else None)")
+            return _V(t, "System.Boolean", None, "bool")
         g.emit(ind, f"{ta} = {_truth_of(a)}")
         g.emit(ind, f"if {ta} is False:")
         g.emit(ind + 1, f"{t} = False")
@@ -300,6 +357,17 @@ class NativeCompiler:
             g.emit(ind, f"{t} = None if {ta} is None or {tb} is None else {ta} != {tb}")
             return _V(t, "System.Boolean", None, "bool")
         a = self._x(g, n["children"][0], ft, tt, focus, this, ind)
+        if a.definite:  # a two-valued left side: its truth is the variable itself
+            g.emit(ind, f"if {a.var}:")
+            g.emit(ind + 1, f"{t} = True")
+            g.emit(ind, "else:")
+            b = self._x(g, n["children"][1], ft, tt, focus, this, ind + 1)
+            if b.definite:
+                g.emit(ind + 1, f"{t} = {b.var}")
+                return _V(t, "System.Boolean", None, "bool", True)
+            g.emit(ind + 1, f"{tb} = {_truth_of(b)}")
+            g.emit(ind + 1, f"{t} = True if {tb} is True else (False if {tb} is False else None)")
+            return _V(t, "System.Boolean", None, "bool")
         g.emit(ind, f"{ta} = {_truth_of(a)}")
         g.emit(ind, f"if {ta} is True:")
         g.emit(ind + 1, f"{t} = True")
@@ -346,6 +414,106 @@ class NativeCompiler:
 
     def _n_InequalityExpression(self, g: _Source, n: dict[str, Any], ft: str | None, tt: str | None, focus: str,
                                 this: str, ind: int) -> _V:  # fmt: skip
+        pa = self._primitive_member(g, n["children"][0], ft, focus) if self.peepholes else None
+        pb = self._primitive_member(g, n["children"][1], ft, focus) if self.peepholes else None
+        if pa is not None and pb is not None and pa[1] in _DATE_TYPES and pb[1] in _DATE_TYPES:
+            # "start <= end" on the one context item: two dates written alike compare as text,
+            # before any collection is built; anything else takes the general way below
+            item, op = g.items[focus], n["terminalNodeText"][0]
+            t, x, y = g.tmp(), g.tmp("x"), g.tmp("y")
+            g.emit(ind, f"{x} = {item}.get({pa[0]!r}) if type({item}) is dict else None")
+            g.emit(ind, f"{y} = {item}.get({pb[0]!r}) if type({item}) is dict else None")
+            g.emit(ind, f"if type({x}) is str and type({y}) is str and len({x}) == len({y}) and "
+                        f"(len({x}) <= 10 or {x}[19:] == {y}[19:]):")  # fmt: skip
+            g.emit(ind + 1, f"{t} = _T if {x} {op} {y} else _F")
+            g.emit(ind, "else:")
+            r = self._inequality(g, n, ft, tt, focus, this, ind + 1)
+            g.emit(ind + 1, f"{t} = {r.var}")
+            return _V(t, "System.Boolean", None, "tfe")
+        return self._inequality(g, n, ft, tt, focus, this, ind)
+
+    def _exists(self, g: _Source, n: dict[str, Any], ft: str | None, focus: str, negate: bool,
+                ind: int) -> _V | None:  # fmt: skip
+        """``a.b.c.exists()`` / ``.empty()``, member names from the one context item (the last may
+        be a choice): is there a value, found by loops that stop at the first, without the
+        collections (None: not that shape)."""
+        item = g.items.get(focus)
+        names = _member_chain(n)
+        if item is None or ft is None or names is None:
+            return None
+        if names[0] == ft and ft in self._resource_types:
+            return None  # "Patient.exists()": the context itself
+        els = []
+        type_name = ft
+        for i, name in enumerate(names):
+            td = self.facts.types.get(type_name)
+            el = next((e for e in td.elements if e.name == name), None) if td is not None else None
+            if el is None:
+                return None
+            els.append(el)
+            if i < len(names) - 1:  # navigated through: one complex type
+                if el.choice or not el.types or self.facts.is_primitive(el.types[0]):
+                    return None
+                type_name = el.types[0]
+        t = g.tmp()
+        if len(names) == 1:
+            g.emit(ind, f"{t} = type({item}) is dict and {self._has_item(g, item, names[0], els[0])}")
+        else:
+            # as _nav builds the collections: nulls inside an array are left out one step on
+            g.emit(ind, f"{t} = False")
+            parent, level = item, ind
+            for name in names[:-1]:
+                got, each = g.tmp("v"), g.tmp("i")
+                guard = "" if parent != item else f" if type({parent}) is dict else None"  # below: dicts
+                g.emit(level, f"{got} = {parent}.get({name!r}){guard}")
+                g.emit(level, f"if {got} is not None:")
+                g.emit(level + 1, f"for {each} in ({got} if type({got}) is list else ({got},)):")
+                g.emit(level + 2, f"if type({each}) is dict:")
+                parent, level = each, level + 3
+            g.emit(level, f"if {self._has_item(g, parent, names[-1], els[-1])}:")
+            g.emit(level + 1, f"{t} = True")
+            g.emit(level + 1, "break")
+            for depth in range(len(names) - 2, 0, -1):  # out of the loops around, once found
+                g.emit(ind + 3 * depth - 1, f"if {t}:")
+                g.emit(ind + 3 * depth, "break")
+        if negate:
+            g.emit(ind, f"{t} = not {t}")
+        return _V(t, "System.Boolean", None, "bool", True)
+
+    def _has_item(self, g: _Source, parent: str, name: str, el: Any) -> str:
+        """Whether navigating ``name`` from the object ``parent`` gives an item, as _nav builds it:
+        a value that is not null and not [] does; a primitive without one does when its "_name"
+        does (the choice types' navigation ignores those)."""
+        v, w = g.tmp("v"), g.tmp("w")
+        keys = [name + tc[0].upper() + tc[1:] for tc in el.types] if el.choice else [name]
+        terms = [
+            f"(({v} := {parent}.get({k!r})) is not None and (type({v}) is not list or {v} != []))"
+            for k in keys
+        ]
+        if not el.choice and el.types and self.facts.is_primitive(el.types[0]):
+            terms.append(f"({v} is None and {'_' + name!r} in {parent} and "
+                         f"(type({w} := {parent}[{'_' + name!r}]) is not list or {w} != []))")  # fmt: skip
+        return "(" + " or ".join(terms) + ")"
+
+    def _primitive_member(
+        self, g: _Source, n: dict[str, Any], ft: str | None, focus: str
+    ) -> tuple[str, str] | None:
+        """(name, type) when ``n`` is a plain member of a primitive type read from the one context
+        item, else None."""
+        if g.items.get(focus) is None or ft is None or n["type"] != "TermExpression":
+            return None
+        term = n["children"][0]
+        if term["type"] != "InvocationTerm" or term["children"][0]["type"] != "MemberInvocation":
+            return None
+        name = _identifier(term["children"][0]).strip("`")
+        td = self.facts.types.get(ft)
+        el = next((e for e in td.elements if e.name == name), None) if td is not None else None
+        if el is None or el.choice or not el.types or not self.facts.is_primitive(el.types[0]):
+            return None
+        return name, el.types[0]
+
+    def _inequality(self, g: _Source, n: dict[str, Any], ft: str | None, tt: str | None, focus: str,
+                    this: str, ind: int) -> _V:  # fmt: skip
         a, b = self._pair(g, n, ft, tt, focus, this, ind)
         types = {a.type, b.type}
         if all(x is not None and (x == "Quantity" or "Quantity" in self._ancestors(x)) for x in types):
@@ -589,7 +757,7 @@ class NativeCompiler:
             }
             if name in booleans:
                 g.emit(ind, f"{t} = {booleans[name]}")
-                return _V(t, "System.Boolean", None, "bool")
+                return _V(t, "System.Boolean", None, "bool", self.peepholes)
             simple = {
                 "count": (f"[len({s})]", "System.Integer"),
                 "first": (f"{s}[:1]", item_t),
@@ -603,6 +771,9 @@ class NativeCompiler:
                 "resolve": (f"_resolve({s}, root)", None),
             }
             if name == "not":
+                if src.definite:
+                    g.emit(ind, f"{t} = not {src.var}")
+                    return _V(t, "System.Boolean", None, "bool", True)
                 g.emit(ind, f"{t} = {_truth_of(src)}")
                 g.emit(ind, f"{t} = None if {t} is None else not {t}")
                 return _V(t, "System.Boolean", None, "bool")
@@ -686,6 +857,33 @@ class NativeCompiler:
             g.emit(ind, f"{t} = _setop({s}, {a.var}, {name!r})")
             return _V(t, item_t if item_t == a.type else None)
         raise Unsupported(f"{name}() with {nparams} arguments is not supported")
+
+
+def _reads(code: str, name: str) -> bool:
+    return re.search(rf"\b{name}\b", code) is not None
+
+
+def _member_chain(n: dict[str, Any]) -> list[str] | None:
+    """The member names of ``a.b.c`` (an expression of member invocations only), else None."""
+    if n["type"] == "TermExpression":
+        term = n["children"][0]
+        if term["type"] == "InvocationTerm" and term["children"][0]["type"] == "MemberInvocation":
+            return [_identifier(term["children"][0]).strip("`")]
+        return None
+    if n["type"] == "InvocationExpression" and n["children"][1]["type"] == "MemberInvocation":
+        head = _member_chain(n["children"][0])
+        return None if head is None else [*head, _identifier(n["children"][1]).strip("`")]
+    return None
+
+
+def _function_name(n: dict[str, Any]) -> str | None:
+    """The name of a FunctionInvocation without arguments, else None."""
+    if n["type"] != "FunctionInvocation":
+        return None
+    functn = n["children"][0]
+    if len(functn["children"]) > 1:
+        return None
+    return _identifier(functn["children"][0])
 
 
 def _identifier(n: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
+from weakref import WeakKeyDictionary
 
 from fhir_server.validation.issues import Path, ProfileIssue
 
@@ -52,14 +53,19 @@ class Ctx:
 Check = Callable[[Any, Path, Ctx], None]
 
 # How generated code may do a check's work without calling it (plan_codegen reads this):
-#   ("predicate", test, fallback, report): ok = test(value, root) (fallback(value, root) when test
-#       raises Unsupported); report(ok, value, path, ctx) unless ok is True
+#   ("predicate", test, fallback, report, failed, unknown): ok = test(value, root) (fallback(value,
+#       root) when test raises Unsupported); report(ok, value, path, ctx) unless ok is True, which
+#       adds ProfileIssue(*unknown, path) when ok is None, else ProfileIssue(*failed, path)
 #   ("equals", text, report): report(value, path, ctx) unless value == text
 #   ("concept", memo, verdict, required): a CodeableConcept binding; the check is called (to report)
 #       only when no coding is acceptable: memo[(system, code)] is a coding's remembered verdict,
-#       verdict(coding) works one out
+#       verdict(system, code) works one out
 #   ("reference",): call the check only for a Reference that names a type or a resource by a
 #       relative or absolute URL (a Bundle's urn:uuid: references say nothing about their target)
+#   ("test", test, report): report(value, path, ctx) unless test(value) (a fixed or pattern value;
+#       test may have a shape in values.TEST_SHAPES)
+#   ("memo", memo, kind): a binding on a "code" (a string) or a "coding" (a Coding or Quantity): the
+#       check is called unless memo[(system, code)] says the code is in the value set
 INLINE: dict[Check, tuple[Any, ...]] = {}
 
 
@@ -214,6 +220,17 @@ class Member:
 
 Matcher = Callable[[Any, Ctx], bool]
 
+# How generated code may match a slice without calling its matcher (plan_codegen reads this):
+#   ("never",): no item
+#   ("equals", key, text): type(item) is dict and item.get(key) == text
+#   ("test", test): test(item)
+#   ("member", key, test): item is a dict and test passes on item[key] (or, a list, on an item of
+#       it that is not None); the matcher itself answers for an item that is not a dict
+#   ("path", segs, test): test passes on one of values.navigate(item, segs)
+#   ("all", matchers) / ("any", matchers): every one / some one of them
+# Weak keys: a matcher lives as long as the plans that use it.
+MATCH_SHAPES: WeakKeyDictionary[Matcher, tuple[Any, ...]] = WeakKeyDictionary()
+
 
 class Slice:
     __slots__ = ("name", "match", "min", "max", "node", "eid", "ms")
@@ -230,7 +247,7 @@ class Slice:
 
 
 class Slicing:
-    __slots__ = ("slices", "rules", "ordered", "base", "eid", "owner", "unmatched")
+    __slots__ = ("slices", "rules", "ordered", "base", "eid", "owner", "unmatched", "fn")
 
     def __init__(self, slices: tuple[Slice, ...], rules: str, ordered: bool, base: Node | None, eid: str,
                  owner: Node) -> None:  # fmt: skip
@@ -242,10 +259,16 @@ class Slicing:
         self.owner = owner
         # items no slice takes also go here (the dynamic extension check, for extension arrays)
         self.unmatched: Callable[[Any, Path, dict[str, Any], Ctx], None] | None = None
+        # run() as generated Python (plan_codegen), once the plan is complete
+        self.fn: Callable[[list[Any], Path, str, bool, dict[str, Any], Ctx], None] | None = None
 
     def run(
         self, items: list[Any], path: Path, expr: str, array: bool, obj: dict[str, Any], ctx: Ctx
     ) -> None:
+        gen = self.fn
+        if gen is not None:
+            gen(items, path, expr, array, obj, ctx)
+            return
         slices = self.slices
         counts = [0] * len(slices)
         last = -1

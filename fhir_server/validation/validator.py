@@ -40,6 +40,12 @@ Resolver = Callable[[str], "dict[str, Any] | None"]
 TargetMode = Literal["off", "meta", "validate"]
 
 _MAX_DEPTH = 4
+# Distinct (type, meta.profile) lists whose resolution is remembered: clients choose them, so the
+# memory they can take is bounded; past the limit they are resolved on each call.
+_STEPS_LIMIT = 4096
+# one declared profile: its plan, or no plan and the ProfileIssue arguments saying why (or the
+# exception its compilation raised)
+_Step = tuple["Node | None", "tuple[str, str, str, str, str] | Exception | None"]
 
 
 class ProfileValidator:
@@ -49,10 +55,13 @@ class ProfileValidator:
     (us-core-patient) when ``resolver`` finds the target on this server: "off" checks only the
     target's type, "meta" requires the target to claim one of the profiles in meta.profile,
     "validate" validates the target against them (one must pass).
+
+    ``generate`` False keeps the plans interpreted rather than turned into Python: slower, the
+    same issues (the tests hold the two to that).
     """
 
     def __init__(self, packages: Sequence[Package], *, facts: Facts | None = None, resolver: Resolver | None = None,
-                 target_profiles: TargetMode = "off", must_support: bool = True) -> None:  # fmt: skip
+                 target_profiles: TargetMode = "off", must_support: bool = True, generate: bool = True) -> None:  # fmt: skip
         self.packages = list(packages)
         self.conformance = Conformance(self.packages)
         self.facts = facts or get_facts()
@@ -60,9 +69,10 @@ class ProfileValidator:
         self.target_profiles: TargetMode = target_profiles
         self.must_support = must_support
         self._invariants = InvariantCompiler(self.facts, self._member_of)
-        self._compiler = PlanCompiler(self.conformance, self.facts, self._invariants)
+        self._compiler = PlanCompiler(self.conformance, self.facts, self._invariants, generate)
         self._profiles: dict[str, tuple[CompactSD | None, Node | None, str | None]] = {}
         self._derived: dict[tuple[str, ...], list[str]] = {}
+        self._steps: dict[tuple[Any, ...], list[_Step]] = {}
 
     # -- what is known ---------------------------------------------------------------------------
 
@@ -121,9 +131,49 @@ class ProfileValidator:
                 issues.extend(ProfileIssue(i.severity, i.code, i.diagnostics, i.expression) for i in found)
         if type(resource) is not dict:
             return issues
+        # the profile pass inline, not in a method of its own: it runs on every write
         try:
-            self._validate_profiles(resource, profiles, self.must_support if must_support is None else must_support,
-                                    resolver or self.resolver, issues)  # fmt: skip
+            rt = resource.get("resourceType")
+            if type(rt) is not str:
+                return issues
+            declared: Sequence[Any] | None = profiles
+            if declared is None:
+                meta = resource.get("meta")
+                declared = meta.get("profile") if type(meta) is dict else None
+                if type(declared) is not list:
+                    return issues
+            # Resources repeat a few meta.profile lists: what they resolve to is remembered per
+            # (type, declared urls), so the common case costs one lookup.
+            key = (rt, *declared)
+            try:
+                steps = self._steps.get(key)
+            except TypeError:  # an unhashable entry (an object where a url should be)
+                steps = self._resolve_steps(rt, [p for p in declared if isinstance(p, str)])[0]
+            if steps is None:
+                steps, complete = self._resolve_steps(rt, [p for p in declared if isinstance(p, str)])
+                if complete and len(self._steps) < _STEPS_LIMIT:
+                    self._steps[key] = steps
+            if not steps:
+                return issues
+            if must_support is None:
+                must_support = self.must_support
+            resolver = resolver or self.resolver
+            targets = resolver is not None and self.target_profiles != "off"
+            path = (None, rt, -1)
+            for plan, problem in steps:
+                if plan is None:
+                    if isinstance(problem, Exception):
+                        raise problem
+                    if problem is not None:
+                        issues.append(ProfileIssue(*problem))
+                    continue
+                ctx = Ctx(resource, self, must_support, targets, resolver)
+                fn = plan.fn
+                if fn is not None:
+                    fn(resource, path, ctx)
+                else:
+                    run(plan, resource, path, ctx)
+                issues.extend(ctx.issues)
         except RecursionError:
             issues.append(
                 ProfileIssue("error", "exception", "the resource is nested too deeply to validate", "")
@@ -136,37 +186,36 @@ class ProfileValidator:
             )
         return issues
 
-    def _validate_profiles(self, resource: dict[str, Any], profiles: Sequence[str] | None, must_support: bool,
-                           resolver: Resolver | None, issues: list[ProfileIssue]) -> None:  # fmt: skip
-        rt = resource.get("resourceType")
-        if type(rt) is not str:
-            return
-        if profiles is None:
-            meta = resource.get("meta")
-            declared = meta.get("profile") if type(meta) is dict else None
-            if type(declared) is not list:
-                return
-            profiles = [p for p in declared if isinstance(p, str)]
-        else:
-            profiles = [p for p in profiles if isinstance(p, str)]
-        targets = resolver is not None and self.target_profiles != "off"
+    def _resolve_steps(self, rt: str, profiles: list[str]) -> tuple[list[_Step], bool]:
+        """What validating a ``rt`` against ``profiles`` takes: per profile, in order, its plan, or
+        (no plan) the arguments of the issue that says why it is not used; and whether that can be
+        remembered.  A profile that fails to compile ends the list with its exception, raised when
+        the steps before it have run (and not remembered: the next call tries again)."""
         if len(profiles) > 1:
-            profiles = self._most_derived(tuple(profiles))
+            profiles = list(self._most_derived(tuple(profiles)))
+        steps: list[_Step] = []
         for url in profiles:
             found = self._profiles.get(url)
             if found is None:
-                found = self._profiles[url] = self._resolve(url)
+                try:
+                    found = self._resolve(url)
+                    # Only known profiles are remembered: meta.profile is client input, and every
+                    # distinct unknown URL kept would grow this dict without limit.
+                    if found[0] is not None:
+                        self._profiles[url] = found
+                except Exception as exc:
+                    steps.append((None, exc))
+                    return steps, False
             sd, plan, problem = found
             if plan is None:
-                issues.append(ProfileIssue("warning", "not-supported", problem or "", f"{rt}.meta.profile",
-                                           canonical_label(sd) if sd is not None else url))  # fmt: skip
+                steps.append((None, ("warning", "not-supported", problem or "", f"{rt}.meta.profile",
+                                     canonical_label(sd) if sd is not None else url)))  # fmt: skip
             elif sd is not None and sd["type"] != rt:
-                issues.append(ProfileIssue("error", "invalid", f"profile {url} is for {sd['type']}, not {rt}", rt,
-                                           canonical_label(sd)))  # fmt: skip
+                steps.append((None, ("error", "invalid", f"profile {url} is for {sd['type']}, not {rt}", rt,
+                                     canonical_label(sd))))  # fmt: skip
             else:
-                ctx = Ctx(resource, self, must_support, targets, resolver)
-                run(plan, resource, (None, rt, -1), ctx)
-                issues.extend(ctx.issues)
+                steps.append((plan, None))
+        return steps, True
 
     def _most_derived(self, declared: tuple[str, ...]) -> Sequence[str]:
         """The declared profiles less those another declared one derives from: a snapshot holds
@@ -179,6 +228,8 @@ class ProfileValidator:
                 while sd is not None and sd.get("base") and sd.get("derivation") == "constraint":
                     ancestors.add(sd["base"])
                     sd = self.conformance.sd(sd["base"], self.conformance.package_of(sd))
+            if len(self._derived) >= _STEPS_LIMIT:  # keyed by client input: bounded
+                self._derived.clear()
             found = self._derived[declared] = [
                 u for u in dict.fromkeys(declared) if u.split("|", 1)[0] not in ancestors
             ]

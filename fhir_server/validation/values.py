@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from fhir_server.model.jsonio import JsonDecimal
 
@@ -93,12 +94,22 @@ def short(v: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# How generated code may do a value test's work without calling it (plan_codegen reads this):
+#   ("text", text): isinstance(v, str) and str.__eq__(v, text)
+#   ("parts", ((key, test), ...)): v is a dict, and each v.get(key) is not None and passes its test
+#   ("list", (test, ...)): each test passes on some item of v (v itself when not a list)
+# Weak keys: a test lives as long as the plans that use it.
+TEST_SHAPES: WeakKeyDictionary[Callable[[Any], bool], tuple[Any, ...]] = WeakKeyDictionary()
+
+
 def value_test(expected: Any, exact: bool) -> Callable[[Any], bool]:
     """``json_equal(v, expected)`` (exact) or ``pattern_match(v, expected)`` as a closure built once:
     the common shapes (a string, a Coding or CodeableConcept pattern) test without recursion."""
     if isinstance(expected, str) and _number(expected) is None:
         text = str.__str__(expected)
-        return lambda v: isinstance(v, str) and str.__eq__(v, text)
+        same: Callable[[Any], bool] = lambda v: isinstance(v, str) and str.__eq__(v, text)  # noqa: E731
+        TEST_SHAPES[same] = ("text", text)
+        return same
     if exact or type(expected) is not dict:
         return (lambda v: json_equal(v, expected)) if exact else (lambda v: pattern_match(v, expected))
     parts = tuple(
@@ -114,6 +125,7 @@ def value_test(expected: Any, exact: bool) -> Callable[[Any], bool]:
                 return False
         return True
 
+    TEST_SHAPES[test] = ("parts", parts)
     return test
 
 
@@ -130,4 +142,5 @@ def _list_test(pattern: list[Any]) -> Callable[[Any], bool]:
                 return False
         return True
 
+    TEST_SHAPES[test] = ("list", subs)
     return test
