@@ -323,33 +323,12 @@ class NativeCompiler:
     def _n_AndExpression(self, g: _Source, n: dict[str, Any], ft: str | None, tt: str | None, focus: str, this: str,
                          ind: int) -> _V:  # fmt: skip
         a = self._x(g, n["children"][0], ft, tt, focus, this, ind)
-        t, ta, tb = g.tmp(), g.tmp("b"), g.tmp("b")
-        if a.definite:  # a two-valued left side: its truth is the variable itself
-            g.emit(ind, f"if not {a.var}:")
-            g.emit(ind + 1, f"{t} = False")
-            g.emit(ind, "else:")
-            b = self._x(g, n["children"][1], ft, tt, focus, this, ind + 1)
-            if b.definite:
-                g.emit(ind + 1, f"{t} = {b.var}")
-                return _V(t, "System.Boolean", None, "bool", True)
-            g.emit(ind + 1, f"{tb} = {_truth_of(b)}")
-            g.emit(ind + 1, f"{t} = False if {tb} is False else (True if {tb} is True else None)")
-            return _V(t, "System.Boolean", None, "bool")
-        g.emit(ind, f"{ta} = {_truth_of(a)}")
-        g.emit(ind, f"if {ta} is False:")
-        g.emit(ind + 1, f"{t} = False")
-        g.emit(ind, "else:")
-        b = self._x(g, n["children"][1], ft, tt, focus, this, ind + 1)
-        g.emit(ind + 1, f"{tb} = {_truth_of(b)}")
-        g.emit(
-            ind + 1, f"{t} = False if {tb} is False else (True if {ta} is True and {tb} is True else None)"
-        )
-        return _V(t, "System.Boolean", None, "bool")
+        return self._short_circuit(g, n, ft, tt, focus, this, ind, a, decides=False)
 
     def _n_OrExpression(self, g: _Source, n: dict[str, Any], ft: str | None, tt: str | None, focus: str, this: str,
                         ind: int) -> _V:  # fmt: skip
-        t, ta, tb = g.tmp(), g.tmp("b"), g.tmp("b")
         if n["terminalNodeText"][0] == "xor":
+            t, ta, tb = g.tmp(), g.tmp("b"), g.tmp("b")
             a = self._x(g, n["children"][0], ft, tt, focus, this, ind)
             b = self._x(g, n["children"][1], ft, tt, focus, this, ind)
             g.emit(ind, f"{ta} = {_truth_of(a)}")
@@ -357,26 +336,33 @@ class NativeCompiler:
             g.emit(ind, f"{t} = None if {ta} is None or {tb} is None else {ta} != {tb}")
             return _V(t, "System.Boolean", None, "bool")
         a = self._x(g, n["children"][0], ft, tt, focus, this, ind)
+        return self._short_circuit(g, n, ft, tt, focus, this, ind, a, decides=True)
+
+    def _short_circuit(self, g: _Source, n: dict[str, Any], ft: str | None, tt: str | None, focus: str, this: str,
+                       ind: int, a: _V, decides: bool) -> _V:  # fmt: skip
+        """``a and b`` (``decides`` False: a false left side decides) or ``a or b`` (True): the
+        right side is evaluated only when the left one does not decide, three-valued otherwise."""
+        other = not decides
+        t, ta, tb = g.tmp(), g.tmp("b"), g.tmp("b")
         if a.definite:  # a two-valued left side: its truth is the variable itself
-            g.emit(ind, f"if {a.var}:")
-            g.emit(ind + 1, f"{t} = True")
+            g.emit(ind, f"if {'' if decides else 'not '}{a.var}:")
+            g.emit(ind + 1, f"{t} = {decides}")
             g.emit(ind, "else:")
             b = self._x(g, n["children"][1], ft, tt, focus, this, ind + 1)
             if b.definite:
                 g.emit(ind + 1, f"{t} = {b.var}")
                 return _V(t, "System.Boolean", None, "bool", True)
             g.emit(ind + 1, f"{tb} = {_truth_of(b)}")
-            g.emit(ind + 1, f"{t} = True if {tb} is True else (False if {tb} is False else None)")
+            g.emit(ind + 1, f"{t} = {decides} if {tb} is {decides} else ({other} if {tb} is {other} else None)")
             return _V(t, "System.Boolean", None, "bool")
         g.emit(ind, f"{ta} = {_truth_of(a)}")
-        g.emit(ind, f"if {ta} is True:")
-        g.emit(ind + 1, f"{t} = True")
+        g.emit(ind, f"if {ta} is {decides}:")
+        g.emit(ind + 1, f"{t} = {decides}")
         g.emit(ind, "else:")
         b = self._x(g, n["children"][1], ft, tt, focus, this, ind + 1)
         g.emit(ind + 1, f"{tb} = {_truth_of(b)}")
-        g.emit(
-            ind + 1, f"{t} = True if {tb} is True else (False if {ta} is False and {tb} is False else None)"
-        )
+        g.emit(ind + 1, f"{t} = {decides} if {tb} is {decides} else "
+                        f"({other} if {ta} is {other} and {tb} is {other} else None)")
         return _V(t, "System.Boolean", None, "bool")
 
     def _n_ImpliesExpression(self, g: _Source, n: dict[str, Any], ft: str | None, tt: str | None, focus: str,
