@@ -7,7 +7,7 @@ pool do not checkpoint (``wal_autocheckpoint=0``); after commits, this thread ru
 checkpoint on its own connection.  sqlite3 releases the GIL while SQLite works, so the copy
 overlaps with the request threads instead of lengthening the single writer's transactions.
 Measured in-process (16 threads creating Synthea Patients): 1,098-1,153 creates/s with automatic
-checkpoints, 1,330-1,386/s with this thread, for the same CPU per create.
+checkpoints, 1,254-1,287/s with this thread (1,330-1,386/s with no checkpoint at all).
 
 PASSIVE never waits for readers or writers, so under a steady stream of commits it never catches
 up with the end of the log, and SQLite only starts the log over from its beginning once a

@@ -187,6 +187,11 @@ class Planner:
             return min((Planner.selectivity(c) for c in cond.conditions), default=8)
         return 8
 
+    @staticmethod
+    def driver(conditions: Sequence[Any]) -> int:
+        """The index of the condition that drives a conjunction: the most selective one."""
+        return min(range(len(conditions)), key=lambda i: Planner.selectivity(conditions[i]))
+
     def predicate(self, cond: Any, r: Any, drive: bool = True) -> ColumnElement[bool]:
         """A boolean expression on the resource-table alias ``r``.
 
@@ -264,7 +269,7 @@ class Planner:
         need the resource row (chains, _has, compartments, _id, _lastUpdated) probe outside."""
         if not conditions:
             return []
-        driver = min(range(len(conditions)), key=lambda i: Planner.selectivity(conditions[i]))
+        driver = Planner.driver(conditions)
         lead = conditions[driver]
         if not _on_index(lead) or lead.modifier in ("missing", "not"):
             return [self.predicate(c, r, drive=i == driver) for i, c in enumerate(conditions)]
@@ -286,7 +291,7 @@ class Planner:
             return None
         if not all(_on_index(c) and c.resource_type == types[0] for c in conditions):
             return None
-        driver = min(range(len(conditions)), key=lambda i: Planner.selectivity(conditions[i]))
+        driver = Planner.driver(conditions)
         lead = conditions[driver]
         if lead.modifier in ("missing", "not"):
             return None
@@ -372,7 +377,7 @@ class Planner:
         # probes (a category lookup materialised beside a patient's compartment is the slow case).
         if not cond.conditions:
             return true()
-        driver = min(range(len(cond.conditions)), key=lambda i: Planner.selectivity(cond.conditions[i]))
+        driver = Planner.driver(cond.conditions)
         return and_(*[self.predicate(c, r, drive=drive and i == driver) for i, c in enumerate(cond.conditions)])
 
     @staticmethod
