@@ -6,13 +6,13 @@ implement yet answers 501 with an OperationOutcome; what FHIR does not define an
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fhir_server.errors import FhirError
 from fhir_server.interactions.capabilities import capabilities
-from fhir_server.interactions.create import create
+from fhir_server.interactions.create import create, create_async
 from fhir_server.interactions.delete import conditional_delete, delete
 from fhir_server.interactions.history import history
 from fhir_server.interactions.patch import conditional_patch, patch
@@ -26,6 +26,7 @@ from fhir_server.operations import export, validate
 from fhir_server.operations.everything import everything
 
 Handler = Callable[..., Any]
+AsyncHandler = Callable[..., Awaitable[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,8 @@ class Route:
     args: tuple[str, ...]
     reads_only: bool  # no write: may run on the event loop when the backend's reads are fast
     public: bool = False  # served without a token even when authorisation is on
+    # The same interaction as a coroutine, for a backend whose writes the event loop can await.
+    on_loop: AsyncHandler | None = None
 
 
 def _not_allowed(method: str, path: str, allowed: str) -> FhirError:
@@ -83,7 +86,7 @@ def resolve(method: str, seg: list[str]) -> Route:
         if method == "GET":
             return Route(search, (head,), True)
         if method == "POST":
-            return Route(create, (head,), False)
+            return Route(create, (head,), False, on_loop=create_async)
         if method == "PUT":
             return Route(conditional_update, (head,), False)
         if method == "DELETE":

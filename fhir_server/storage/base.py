@@ -120,6 +120,9 @@ class Backend(Protocol):
     fast_reads: bool
     # False when the database admits one writer at a time (SQLite): writes are then queued, not threaded.
     parallel_writes: bool
+    # True when writes are queued to a writer of the backend's own, so that an event loop can
+    # await them (``create_async``) instead of blocking a thread on each.
+    async_writes: bool
 
     def start(self) -> None:
         """Create or upgrade the schema; called once before serving."""
@@ -137,6 +140,9 @@ class Backend(Protocol):
         """Create with a server id (or ``req.id``); honours ``if_none_exist`` race-free.
 
         Raises MultipleMatches when the condition matches more than one resource."""
+
+    async def create_async(self, req: WriteRequest, stamp: Stamper) -> WriteOutcome:
+        """``create`` awaited on the event loop; only called when ``async_writes`` is True."""
 
     def update(self, req: WriteRequest, stamp: Stamper) -> WriteOutcome:
         """Update (or create with the client's id). Raises VersionConflict on a stale If-Match."""

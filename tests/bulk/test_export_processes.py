@@ -143,41 +143,59 @@ def test_two_servers_share_the_jobs_and_the_concurrency_limit(
                                          if k[0] == "Observation" and res["subject"]["reference"] in member_refs}
         all_obs = {k for k in stored if k[0] == "Observation"}
         group_query = "_type=Patient,Observation,Group"
-        # Watch the export table from before the kick-offs until both jobs are done.
-        samples: list[dict[str, str]] = []
-        stop = threading.Event()
-
-        def watch() -> None:
-            while not stop.is_set():
-                with db.connect() as conn:
-                    rows = {r[0]: r[1] for r in conn.execute(sa.text("SELECT id, status FROM export_job"))}
-                samples.append(rows)
-                if len(rows) == 2 and set(rows.values()) == {"done"}:
-                    return
-                time.sleep(0.005)
-
-        watcher = threading.Thread(target=watch)
-        watcher.start()
         # A first request on each server costs its one-off start-up work (imports, warm-up); paid
         # here, the kick-off on B below takes milliseconds, while A's one-file-per-resource job
-        # takes far longer, so B's job is certainly queued while A's is queued or running.
+        # takes far longer, so B's job is usually queued while A's is queued or running.
         for server in (a, b):
             assert client.get(f"{server.base}/_export/warm-up").status_code == 404
             assert client.get(f"{server.base}/Observation", params={"_count": 1}).status_code == 200
-        try:
-            status_a = kickoff(client, f"{a.base}/Group/{group[1]}/$export",
-                               params={"_type": "Patient,Observation,Group"}, base=a.base)
-            other_b = kickoff(client, f"{b.base}/$export", params={"_type": "Observation"}, base=b.base)
-            watcher.join(40)
-        finally:
-            stop.set()
-            watcher.join()
-        ids = [u.rsplit("/", 1)[1] for u in (status_a, other_b)]
-        runs = [sorted(x.values()) for i, x in enumerate(samples) if i == 0 or x != samples[i - 1]]
-        assert samples and set(samples[-1]) == set(ids) and set(samples[-1].values()) == {"done"}, runs[-3:]
-        most = max(list(x.values()).count("running") for x in samples)
-        assert most == 1, f"{most} jobs ran at once with FHIR_EXPORT_MAX_CONCURRENT=1: {runs}"
-        assert ["queued", "running"] in runs, f"the jobs never overlapped: a vacuous check of the limit {runs}"
+
+        def kick_off_both(expected_jobs: int) -> tuple[list[str], list[list[str]], int]:
+            """Both kick-offs, the export table watched until every job is done: (this pair's
+            status URLs, the distinct states seen, the most jobs seen running at once)."""
+            samples: list[dict[str, str]] = []
+            stop = threading.Event()
+
+            def watch() -> None:
+                while not stop.is_set():
+                    with db.connect() as conn:
+                        rows = {r[0]: r[1] for r in conn.execute(sa.text("SELECT id, status FROM export_job"))}
+                    samples.append(rows)
+                    if len(rows) == expected_jobs and set(rows.values()) == {"done"}:
+                        return
+                    time.sleep(0.005)
+
+            watcher = threading.Thread(target=watch)
+            watcher.start()
+            try:
+                urls = [kickoff(client, f"{a.base}/Group/{group[1]}/$export",
+                                params={"_type": "Patient,Observation,Group"}, base=a.base),
+                        kickoff(client, f"{b.base}/$export", params={"_type": "Observation"}, base=b.base)]
+                watcher.join(40)
+            finally:
+                stop.set()
+                watcher.join()
+            assert samples and len(samples[-1]) == expected_jobs and set(samples[-1].values()) == {"done"}, samples[-3:]
+            mine = [u.rsplit("/", 1)[1] for u in urls]
+            runs = [sorted(x[j] for j in mine if j in x) for x in samples]
+            runs = [r for i, r in enumerate(runs) if i == 0 or r != runs[i - 1]]
+            return urls, runs, max(list(x.values()).count("running") for x in samples)
+
+        # The check of the limit means something only if B's job was queued while A's was queued or
+        # running.  On SQLite, B's kick-off can wait behind the write lock that A's job takes for
+        # every file until that job ends (SQLite's busy handler polls with growing sleeps); such a
+        # round still checks the limit, and the pair is kicked off again.
+        rounds: list[list[list[str]]] = []
+        for attempt in range(1, 4):
+            urls, runs, most = kick_off_both(2 * attempt)
+            assert most == 1, f"{most} jobs ran at once with FHIR_EXPORT_MAX_CONCURRENT=1: {runs}"
+            rounds.append(runs)
+            if ["queued", "running"] in runs:
+                break
+        else:
+            raise AssertionError(f"the jobs never overlapped: a vacuous check of the limit {rounds}")
+        status_a, other_b = urls
+        ids = [u.rsplit("/", 1)[1] for u in urls]
         assert [job_row(db, j)["attempts"] for j in ids] == [1, 1]
 
         # The group job, kicked off on A: polled and downloaded on B, URLs on B's base.

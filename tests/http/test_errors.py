@@ -96,6 +96,10 @@ def _boom(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
     raise RuntimeError("secret-detail")
 
 
+async def _async_boom(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+    raise RuntimeError("secret-detail")
+
+
 @pytest.mark.parametrize(
     "method_name,call",
     [
@@ -110,6 +114,9 @@ def _boom(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
 def test_unexpected_exception_is_500_without_details(client, monkeypatch, method_name: str, call) -> None:  # noqa: ANN001
     backend = client.app.ctx.backend
     monkeypatch.setattr(backend, method_name, _boom)
+    if method_name == "create":  # a SQLite file database takes creates on the event loop
+        assert backend.async_writes
+        monkeypatch.setattr(backend, "create_async", _async_boom)
     r = call(client)
     issues = assert_outcome(r, 500)
     assert issues[0]["severity"] in ("fatal", "error")

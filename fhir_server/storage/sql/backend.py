@@ -68,9 +68,11 @@ _VREAD = select(H.version, H.last_updated, H.lu_ms, H.deleted, H.body).where(
 )
 _CURRENT = select(R.pid, *_VERSION_COLS).where(R.res_type == bindparam("rt"), R.res_id == bindparam("id"))
 _BY_PID = select(R.res_id, *_VERSION_COLS).where(R.pid == bindparam("pid"))
-_INSERT = insert(resource).values(
-    {c: bindparam(c) for c in ("res_type", "res_id", "version", "last_updated", "lu_ms", "deleted", "body")}
-).returning(R.pid)
+_MAX_PID = select(func.max(R.pid))
+_RESOURCE_COLS = ("res_type", "res_id", "version", "last_updated", "lu_ms", "deleted", "body")
+_INSERT = insert(resource).values({c: bindparam(c) for c in _RESOURCE_COLS}).returning(R.pid)
+# For creates written together, whose pids the writer assigns (see _create_together).
+_INSERT_WITH_PID = insert(resource).values({c: bindparam(c) for c in ("pid", *_RESOURCE_COLS)})
 _INSERT_HISTORY = insert(resource_history).values(
     {c: bindparam(c) for c in
      ("pid", "res_type", "res_id", "version", "last_updated", "lu_ms", "deleted", "method", "body")}
@@ -89,6 +91,13 @@ def _stored(rt: str, rid: str, row: tuple[Any, ...]) -> StoredResource:
     version, last_updated, lu_ms, deleted, body = row[-5:]
     return StoredResource(rt, rid, int(version), last_updated, int(lu_ms), bool(deleted),
                           bytes(body) if body is not None else None)
+
+
+def _mergeable(req: WriteRequest, stamp: Stamper, prepared: IndexArgs) -> Any:
+    """The payload for ``_create_together`` when ``req`` is a plain create, else None."""
+    if req.id is None and req.if_none_exist is None:
+        return (req, stamp, prepared)
+    return None
 
 
 def _encode_cursor(key: int) -> str:
@@ -120,15 +129,19 @@ class SqlBackend:
         self.fast_reads = self.dialect.is_sqlite
         self._tx = threading.local()
         self._index_inserts: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._arg_names: dict[str, tuple[str, ...]] = {}
         # An in-memory SQLite database is one shared connection (StaticPool): nothing to detach.
         self._own_readers = self.engine.pool.__class__.__name__ != "StaticPool"
         # One writer at a time (SQLite file): concurrent writes are batched into group commits.
-        self._group = GroupCommitter(self._group_transaction) if self.dialect.is_sqlite and self._own_readers else None
+        self._group = (GroupCommitter(self._group_transaction, run_together=self._create_together,
+                                      try_run_batch=self._try_group_transaction)
+                       if self.dialect.is_sqlite and self._own_readers else None)
         # A SQLite file's log is checkpointed by a thread of its own, not inside a writer's commit.
         self._checkpointer = WalCheckpointer(self.engine, self.dialect.write_guard) if self._group is not None else None
         if self._checkpointer is not None:
             disable_autocheckpoint(self.engine)
         self.parallel_writes = not self.dialect.is_sqlite or self._group is not None
+        self.async_writes = self._group is not None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -254,10 +267,51 @@ class SqlBackend:
             finally:
                 self._tx.cursor = None
 
-    def _write_op(self, fn: Callable[[], Any]) -> Any:
-        """Run one write: through the group committer when there is one and no transaction is open."""
+    def _try_group_transaction(self, body: Callable[[Any], None]) -> bool:
+        """On an event loop: ``_group_transaction`` on this thread's own connection, or False at
+        once, with nothing done, when the write would have to wait for another writer (a thread
+        of this process, or another process): the loop must never block on a lock.
+
+        The connection is the one this thread reads with, so its page cache stays valid across
+        its own reads and writes (SQLite drops a connection's cache when another one wrote)."""
+        if not self.dialect.try_write_guard():
+            return False
+        lost = (self.run.OperationalError, self.run.InterfaceError)
+        try:
+            conn = self._reader()
+            cur = conn.cursor()
+            try:
+                if not self.dialect.try_begin_write(cur):
+                    return False
+                self._tx.cursor = cur
+                try:
+                    body(cur)
+                    cur.execute("COMMIT")
+                except BaseException:
+                    with suppress(Exception):
+                        cur.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._tx.cursor = None
+            finally:
+                with suppress(Exception):
+                    cur.close()
+                if conn.in_transaction:  # a failed ROLLBACK: this thread's reads must not run inside it
+                    self._drop_reader()
+        except lost as exc:
+            self._drop_reader()
+            raise BackendUnavailable(str(exc)) from exc
+        finally:
+            self.dialect.release_write_guard()
+        if self._checkpointer is not None:
+            self._checkpointer.committed()
+        return True
+
+    def _write_op(self, fn: Callable[[], Any], payload: Any = None) -> Any:
+        """Run one write: through the group committer when there is one and no transaction is open
+        (``payload``: see GroupCommitter.submit)."""
         if self._group is not None and getattr(self._tx, "cursor", None) is None:
-            return self._group.submit(fn)
+            return self._group.submit(fn, payload)
         return self._retrying(fn)
 
     def _retrying(self, fn: Callable[[], Any]) -> Any:
@@ -346,7 +400,62 @@ class SqlBackend:
     # -- writes ------------------------------------------------------------------------------
     def create(self, req: WriteRequest, stamp: Stamper) -> WriteOutcome:
         prepared = self._index_args(req.resource_type, req.resource)
-        return self._write_op(lambda: self._create(req, stamp, prepared))
+        return self._write_op(lambda: self._create(req, stamp, prepared), _mergeable(req, stamp, prepared))
+
+    async def create_async(self, req: WriteRequest, stamp: Stamper) -> WriteOutcome:
+        assert self._group is not None, "create_async needs async_writes"
+        prepared = self._index_args(req.resource_type, req.resource)
+        result: WriteOutcome = await self._group.submit_async(lambda: self._create(req, stamp, prepared),
+                                                              _mergeable(req, stamp, prepared))
+        return result
+
+    def _create_together(self, items: list[tuple[WriteRequest, Stamper, IndexArgs]]) -> list[WriteOutcome]:
+        """Several plain creates (server ids, no condition) in one statement per table.
+
+        Runs in the group transaction, so this writer is the only one: the pids after the current
+        maximum are free, and assigning them here is what SQLite would do row by row.  Measured
+        in-process (groups of 16 Patients): ~20% less time per create than a statement per table
+        per create."""
+        cur = self._tx.cursor
+        top = self.run.execute(cur, _MAX_PID, {}, key="max_pid").fetchone()[0] or 0
+        positional = self.run.positional
+        resources: list[Any] = []
+        histories: list[Any] = []
+        index_rows: dict[str, list[Any]] = {}
+        out: list[WriteOutcome] = []
+        for n, (req, stamp, prepared) in enumerate(items, 1):
+            pid = top + n
+            rt = req.resource_type
+            rid = str(uuid.uuid4())
+            ms = now_ms()
+            lu = format_instant(ms)
+            body = stamp(req.resource, rid, 1, lu)
+            values = {"pid": pid, "res_type": rt, "res_id": rid, "version": 1, "last_updated": lu, "lu_ms": ms,
+                      "deleted": False, "body": body, "method": "POST"}
+            resources.append(self._row_args(_INSERT_WITH_PID, "insert_with_pid", values))
+            histories.append(self._row_args(_INSERT_HISTORY, "insert_history", values))
+            for sql, rows in prepared:
+                target = index_rows.setdefault(sql, [])
+                if positional:
+                    target.extend((pid, *row) for row in rows)
+                else:
+                    target.extend({**row, "pid": pid} for row in rows)
+            out.append(WriteOutcome(StoredResource(rt, rid, 1, lu, ms, False, body), created=True))
+        cur.executemany(self.run.compile(_INSERT_WITH_PID, "insert_with_pid")[0], resources)
+        cur.executemany(self.run.compile(_INSERT_HISTORY, "insert_history")[0], histories)
+        for sql, rows in index_rows.items():
+            cur.executemany(sql, rows)
+        return out
+
+    def _row_args(self, stmt: Any, key: str, values: dict[str, Any]) -> Any:
+        names = self._arg_names.get(key)
+        if names is None:
+            _sql, compiled = self.run.compile(stmt, key)
+            names = self._arg_names[key] = (tuple(compiled.positiontup or ()) if self.run.positional  # type: ignore[attr-defined]
+                                            else tuple(compiled.params))
+        if self.run.positional:
+            return tuple(values[n] for n in names)
+        return {n: values[n] for n in names}
 
     def _create(self, req: WriteRequest, stamp: Stamper, prepared: IndexArgs | None = None) -> WriteOutcome:
         with self._conn(write=True) as cur:
@@ -408,21 +517,24 @@ class SqlBackend:
     def _index_args(self, rt: str, res: dict[str, Any] | None) -> IndexArgs:
         """The index rows of ``res`` as driver arguments, one executemany per table, all but the pid.
 
-        Called before a write is queued: extraction is pure Python (~60 us for a Synthea Patient)
-        and, done in the request's thread, overlaps with the single writer thread's SQLite work
-        (which releases the GIL) instead of lengthening every group transaction.  Values are bound
-        straight to the driver: building and binding through SQLAlchemy cost ~400 us per Patient."""
+        Worked out before the write is queued (pure Python, ~60 us for a Synthea Patient), so the
+        write transaction holds the database only for the SQL.  Values are bound straight to the
+        driver: building and binding through SQLAlchemy cost ~400 us per Patient."""
         if self.indexer is None or res is None:
             return []
         by_kind: dict[str, list[dict[str, Any]]] = {}
         for kind, row in self.indexer(rt, res):
-            by_kind.setdefault(kind, []).append(row)
+            rows = by_kind.get(kind)
+            if rows is None:
+                by_kind[kind] = [row]
+            else:
+                rows.append(row)
         out: IndexArgs = []
         for kind, rows in by_kind.items():
             sql, names = self._index_insert(kind)
-            if self.run.positional:  # names[0] is the pid, bound at write time
-                rest = names[1:]
-                args: list[Any] = [tuple(rt if n == "res_type" else row.get(n) for n in rest) for row in rows]
+            if self.run.positional:  # names: pid (bound at write time), res_type, then the row's values
+                fields = names[2:]
+                args: list[Any] = [(rt, *map(row.get, fields)) for row in rows]
             else:
                 args = [{n: rt if n == "res_type" else row.get(n) for n in names} for row in rows]
             out.append((sql, args))
@@ -437,7 +549,7 @@ class SqlBackend:
             stmt = insert(table).values({c.name: bindparam(c.name) for c in columns})
             sql, compiled = self.run.compile(stmt)
             names = tuple(compiled.positiontup or ()) if self.run.positional else tuple(c.name for c in columns)  # type: ignore[attr-defined]
-            assert names[0] == "pid", names
+            assert names[:2] == ("pid", "res_type"), names
             cached = self._index_inserts[kind] = (sql, names)
         return cached
 

@@ -87,6 +87,30 @@ class Dialect:
         with self._write_lock:
             yield
 
+    def try_write_guard(self) -> bool:
+        """Take this process's write lock if it is free (True); release it with ``release_write_guard``."""
+        return self._write_lock is None or self._write_lock.acquire(blocking=False)
+
+    def release_write_guard(self) -> None:
+        if self._write_lock is not None:
+            self._write_lock.release()
+
+    def try_begin_write(self, cursor: Any) -> bool:
+        """BEGIN IMMEDIATE on SQLite without waiting: False when another connection (of this or
+        another process) holds the write lock or the log is being reset."""
+        cursor.execute("PRAGMA busy_timeout")
+        busy_ms = cursor.fetchone()[0]
+        cursor.execute("PRAGMA busy_timeout=0")
+        try:
+            cursor.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return False
+            raise
+        finally:
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+        return True
+
     def begin(self, cursor: Any, *, write: bool) -> None:
         """Open a transaction on a raw connection.
 
