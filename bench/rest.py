@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import http.client
 import importlib.util
+import json
 import os
 import re
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -104,11 +106,30 @@ def our_server(target: Target) -> Iterator[ServerProcess]:
         if target.auth:
             env["FHIR_AUTH"] = "smart"
         with serve("fhir-server", cmd, port, "/health", env=env) as server:
+            _wait_for_profiles(port)
             _TOKENS[port] = _mint_token(port, db_url) if target.auth else ""
             try:
                 yield server
             finally:
                 _TOKENS.pop(port, None)
+
+
+def _wait_for_profiles(port: int, timeout: float = 60.0) -> None:
+    """Until /health says the server's background compilation of the profile plans is done: for
+    ~2.4 s of CPU after start it competes with the requests, and these workloads measure the steady
+    state.  (With several workers, whichever answers; each compiles its own.)"""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection(HOST, port, timeout=5)
+        try:
+            conn.request("GET", "/health")
+            if json.loads(conn.getresponse().read()).get("profiles", "ready") == "ready":
+                return
+        except (OSError, ValueError):
+            pass
+        finally:
+            conn.close()
+        time.sleep(0.1)
 
 
 # port -> "Bearer ..." of a server started with FHIR_AUTH=smart ("" without authorisation)

@@ -3,6 +3,7 @@ format, with the right status, and never a traceback."""
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -177,6 +178,12 @@ def test_health(client) -> None:
     r = client.get("/health")
     assert r.status_code == 200
     assert r.json().get("status") == "ok"
+    # The profile plans are compiled in the background after start; /health says when that is done.
+    deadline = time.monotonic() + 120
+    while r.json()["profiles"] == "compiling" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        r = client.get("/health")
+    assert r.status_code == 200 and r.json() == {"status": "ok", "profiles": "ready"}
 
 
 def test_health_reports_database_down(client, monkeypatch) -> None:
