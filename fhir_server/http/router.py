@@ -19,7 +19,7 @@ from fhir_server.interactions.patch import conditional_patch, patch
 from fhir_server.interactions.read import read, vread
 from fhir_server.interactions.search import compartment_search, search
 from fhir_server.interactions.transaction import bundle
-from fhir_server.interactions.update import conditional_update, update
+from fhir_server.interactions.update import conditional_update, update, update_async
 from fhir_server.model.facts import get_facts
 from fhir_server.model.registry import require_served_type
 from fhir_server.operations import export, validate
@@ -107,7 +107,7 @@ def resolve(method: str, seg: list[str]) -> Route:
         if method == "GET":
             return Route(read, (head, second), True)
         if method == "PUT":
-            return Route(update, (head, second), False)
+            return Route(update, (head, second), False, on_loop=update_async)
         if method == "DELETE":
             return Route(delete, (head, second), False)
         if method == "PATCH":

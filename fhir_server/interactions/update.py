@@ -19,7 +19,7 @@ from fhir_server.interactions.common import (
 from fhir_server.interactions.conditional import criteria, describe, find
 from fhir_server.model import jsonio
 from fhir_server.model.facts import get_facts
-from fhir_server.storage.base import VersionConflict, WriteRequest
+from fhir_server.storage.base import VersionConflict, WriteOutcome, WriteRequest
 
 if TYPE_CHECKING:
     from fhir_server.auth.policy import AccessPolicy
@@ -54,6 +54,16 @@ def update_resource(ctx: Context, resource_type: str, id: str, resource: dict[st
                     if_match: int | None = None, skip_unchanged: bool = False,
                     policy: AccessPolicy | None = None) -> WriteResult:
     """Write a validated resource as the new version of ``resource_type/id`` (or create it)."""
+    write = _write_request(ctx, resource_type, id, resource, if_match, skip_unchanged, policy)
+    try:
+        outcome = ctx.backend.update(write, stamp)
+    except VersionConflict as exc:
+        raise stale(resource_type, id, if_match, exc) from None
+    return _result(outcome)
+
+
+def _write_request(ctx: Context, resource_type: str, id: str, resource: dict[str, Any], if_match: int | None,
+                   skip_unchanged: bool, policy: AccessPolicy | None) -> WriteRequest:
     body_id = resource.get("id")
     if body_id is None:
         raise FhirError(400, [OutcomeIssue("error", "required",
@@ -69,18 +79,17 @@ def update_resource(ctx: Context, resource_type: str, id: str, resource: dict[st
         current = ctx.backend.read(resource_type, id)
         stored_body = jsonio.loads(current.body) if current is not None and current.body is not None else None
         policy.require_update(resource_type, stored_body, resource)
-    req = WriteRequest(resource_type, resource, id=id, if_match=if_match, skip_unchanged=skip_unchanged)
-    try:
-        outcome = ctx.backend.update(req, stamp)
-    except VersionConflict as exc:
-        raise stale(resource_type, id, if_match, exc) from None
+    return WriteRequest(resource_type, resource, id=id, if_match=if_match, skip_unchanged=skip_unchanged)
+
+
+def _result(outcome: WriteOutcome) -> WriteResult:
     stored = outcome.resource
+    name = f"{stored.resource_type}/{stored.id}"
     if outcome.existing:
-        return WriteResult(200, stored, f"{resource_type}/{id} is unchanged (version {stored.version})",
-                           unchanged=True)
+        return WriteResult(200, stored, f"{name} is unchanged (version {stored.version})", unchanged=True)
     if outcome.created:
-        return WriteResult(201, stored, f"Created {resource_type}/{id}")
-    return WriteResult(200, stored, f"Updated {resource_type}/{id} to version {stored.version}")
+        return WriteResult(201, stored, f"Created {name}")
+    return WriteResult(200, stored, f"Updated {name} to version {stored.version}")
 
 
 def conditional_update_resource(ctx: Context, resource_type: str, params: list[tuple[str, str]] | str,
@@ -116,6 +125,19 @@ def update(ctx: Context, req: FhirRequest, resource_type: str, id: str) -> FhirR
     result = update_resource(ctx, resource_type, id, resource, if_match=parse_if_match(req.header("if-match")),
                              policy=req.policy)
     return result_response(ctx, req, result)
+
+
+async def update_async(ctx: Context, req: FhirRequest, resource_type: str, id: str) -> FhirResponse:
+    """``update`` on the event loop, for a backend with ``async_writes`` (see create_async)."""
+    check_id(id)
+    resource = parse_resource(ctx, req, resource_type)
+    if_match = parse_if_match(req.header("if-match"))
+    write = _write_request(ctx, resource_type, id, resource, if_match, False, req.policy)
+    try:
+        outcome = await ctx.backend.update_async(write, stamp)
+    except VersionConflict as exc:
+        raise stale(resource_type, id, if_match, exc) from None
+    return result_response(ctx, req, _result(outcome))
 
 
 def conditional_update(ctx: Context, req: FhirRequest, resource_type: str) -> FhirResponse:

@@ -144,6 +144,9 @@ class Backend(Protocol):
     async def create_async(self, req: WriteRequest, stamp: Stamper) -> WriteOutcome:
         """``create`` awaited on the event loop; only called when ``async_writes`` is True."""
 
+    async def update_async(self, req: WriteRequest, stamp: Stamper) -> WriteOutcome:
+        """``update`` awaited on the event loop; only called when ``async_writes`` is True."""
+
     def update(self, req: WriteRequest, stamp: Stamper) -> WriteOutcome:
         """Update (or create with the client's id). Raises VersionConflict on a stale If-Match."""
 

@@ -115,9 +115,9 @@ async def _async_boom(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
 def test_unexpected_exception_is_500_without_details(client, monkeypatch, method_name: str, call) -> None:  # noqa: ANN001
     backend = client.app.ctx.backend
     monkeypatch.setattr(backend, method_name, _boom)
-    if method_name == "create":  # a SQLite file database takes creates on the event loop
+    if method_name in ("create", "update"):  # a SQLite file database takes these on the event loop
         assert backend.async_writes
-        monkeypatch.setattr(backend, "create_async", _async_boom)
+        monkeypatch.setattr(backend, f"{method_name}_async", _async_boom)
     r = call(client)
     issues = assert_outcome(r, 500)
     assert issues[0]["severity"] in ("fatal", "error")

@@ -19,7 +19,7 @@ import pytest
 
 from fhir_server.interactions.common import stamp
 from fhir_server.search.extract import Indexer
-from fhir_server.storage.base import WriteRequest
+from fhir_server.storage.base import HistoryQuery, WriteRequest
 from fhir_server.storage.sql.backend import SqlBackend
 from fhir_server.storage.sql.group_commit import GroupCommitter
 
@@ -246,14 +246,8 @@ def test_merged_creates_write_what_creates_one_by_one_write(backend: SqlBackend,
         assert stored is not None and stored.version == 1 and stored.body == outcome.resource.body
         assert f'"family":"Family{n}"'.encode() in stored.body
         assert backend.vread("Patient", outcome.resource.id, 1) == stored
-        page = backend.history(_history_query(outcome.resource.id))
+        page = backend.history(HistoryQuery(resource_type="Patient", id=outcome.resource.id, count=10))
         assert [(e.method, e.resource.version) for e in page.items] == [("POST", 1)]
-
-
-def _history_query(rid: str) -> Any:
-    from fhir_server.storage.base import HistoryQuery
-
-    return HistoryQuery(resource_type="Patient", id=rid, count=10)
 
 
 def test_the_loop_is_not_blocked_while_another_connection_writes(backend: SqlBackend) -> None:
@@ -317,3 +311,21 @@ def test_the_loop_is_not_blocked_by_a_transaction_of_another_thread(backend: Sql
         worker.join(30)
     assert pending
     assert all(o.created and backend.read("Patient", o.resource.id) for o in outcomes)
+
+
+def test_updates_of_one_resource_in_one_group_make_consecutive_versions(backend: SqlBackend) -> None:
+    """PUTs of one id that share a group run one after the other: no version is lost or doubled."""
+    async def main() -> list[Any]:
+        return await asyncio.gather(*(backend.update_async(
+            WriteRequest("Patient", {**_patient(n), "id": "same"}, id="same"), stamp) for n in range(10)))
+
+    outcomes = asyncio.run(main())
+    assert [o.resource.version for o in outcomes] == list(range(1, 11))
+    assert [o.created for o in outcomes] == [True] + [False] * 9
+    current = backend.read("Patient", "same")
+    assert current is not None and current.version == 10 and current.body == outcomes[-1].resource.body
+    page = backend.history(HistoryQuery(resource_type="Patient", id="same", count=20))
+    assert [(e.method, e.resource.version) for e in page.items] == [("PUT", v) for v in range(10, 0, -1)]
+    # The index holds the last version's values only.
+    rows = [r for r in _index_rows(backend) if r[0] == "idx_token" and r[3] == "identifier"]
+    assert [r[5] for r in rows] == ["id-9"]

@@ -579,6 +579,12 @@ class SqlBackend:
         prepared = None if req.skip_unchanged else self._index_args(req.resource_type, req.resource)
         return self._write_op(lambda: self._update(req, stamp, prepared))
 
+    async def update_async(self, req: WriteRequest, stamp: Stamper) -> WriteOutcome:
+        assert self._group is not None, "update_async needs async_writes"
+        prepared = None if req.skip_unchanged else self._index_args(req.resource_type, req.resource)
+        result: WriteOutcome = await self._group.submit_async(lambda: self._update(req, stamp, prepared))
+        return result
+
     def _update(self, req: WriteRequest, stamp: Stamper, prepared: IndexArgs | None = None) -> WriteOutcome:
         assert req.id is not None
         rt, rid = req.resource_type, req.id
