@@ -120,8 +120,8 @@ class Backend(Protocol):
     fast_reads: bool
     # False when the database admits one writer at a time (SQLite): writes are then queued, not threaded.
     parallel_writes: bool
-    # True when writes are queued to a writer of the backend's own, so that an event loop can
-    # await them (``create_async``) instead of blocking a thread on each.
+    # True when an event loop can await writes (``create_async``, ``update_async``) instead of
+    # blocking a thread on each: the SQLite backend writes them on the loop itself.
     async_writes: bool
 
     def start(self) -> None:

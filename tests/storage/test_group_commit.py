@@ -87,8 +87,7 @@ class _Db:
 
 
 def _committer(db: _Db, max_batch: int = 64) -> GroupCommitter:
-    return GroupCommitter(db.run_batch, max_batch=max_batch, run_together=db.run_together,
-                          try_run_batch=db.try_run_batch)
+    return GroupCommitter(db.run_batch, db.try_run_batch, db.run_together, max_batch=max_batch)
 
 
 def _submit_all(db: _Db, values: list[str], max_batch: int = 64) -> list[Any]:

@@ -133,8 +133,7 @@ class SqlBackend:
         # An in-memory SQLite database is one shared connection (StaticPool): nothing to detach.
         self._own_readers = self.engine.pool.__class__.__name__ != "StaticPool"
         # One writer at a time (SQLite file): concurrent writes are batched into group commits.
-        self._group = (GroupCommitter(self._group_transaction, run_together=self._create_together,
-                                      try_run_batch=self._try_group_transaction)
+        self._group = (GroupCommitter(self._group_transaction, self._try_group_transaction, self._create_together)
                        if self.dialect.is_sqlite and self._own_readers else None)
         # A SQLite file's log is checkpointed by a thread of its own, not inside a writer's commit.
         self._checkpointer = WalCheckpointer(self.engine, self.dialect.write_guard) if self._group is not None else None

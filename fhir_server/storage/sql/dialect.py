@@ -78,6 +78,7 @@ class Dialect:
         # fairer and cheaper than letting them spin in the busy handler.
         self._write_lock = threading.Lock() if self.is_sqlite else None
         self._namespace: str | None = None  # PostgreSQL schema that scopes the advisory locks
+        self._busy_ms: int | None = None  # SQLite's busy timeout, read from the first connection asked
 
     @contextmanager
     def write_guard(self) -> Iterator[None]:
@@ -98,8 +99,9 @@ class Dialect:
     def try_begin_write(self, cursor: Any) -> bool:
         """BEGIN IMMEDIATE on SQLite without waiting: False when another connection (of this or
         another process) holds the write lock or the log is being reset."""
-        cursor.execute("PRAGMA busy_timeout")
-        busy_ms = cursor.fetchone()[0]
+        if self._busy_ms is None:  # every connection gets the same one (_configure_sqlite)
+            cursor.execute("PRAGMA busy_timeout")
+            self._busy_ms = int(cursor.fetchone()[0])
         cursor.execute("PRAGMA busy_timeout=0")
         try:
             cursor.execute("BEGIN IMMEDIATE")
@@ -108,7 +110,7 @@ class Dialect:
                 return False
             raise
         finally:
-            cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+            cursor.execute(f"PRAGMA busy_timeout={self._busy_ms}")
         return True
 
     def begin(self, cursor: Any, *, write: bool) -> None:

@@ -44,9 +44,8 @@ TryRunBatch = Callable[[Callable[[Any], None]], bool]
 
 
 class GroupCommitter:
-    def __init__(self, run_batch: RunBatch, max_batch: int = 64,
-                 run_together: Callable[[list[Any]], list[Any]] | None = None,
-                 try_run_batch: TryRunBatch | None = None) -> None:
+    def __init__(self, run_batch: RunBatch, try_run_batch: TryRunBatch,
+                 run_together: Callable[[list[Any]], list[Any]], max_batch: int = 64) -> None:
         self._run_batch = run_batch
         self._try_run_batch = try_run_batch
         self._run_together = run_together
@@ -70,10 +69,6 @@ class GroupCommitter:
         """The same from an event loop: a future of that loop, settled after the commit."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        if self._try_run_batch is None:
-            self._queue.put((op, future, payload))
-            self._ensure_thread()
-            return future
         state: _LoopState | None = getattr(self._local, "state", None)
         if state is None:
             state = self._local.state = _LoopState()
@@ -90,7 +85,6 @@ class GroupCommitter:
         state.scheduled = False
         group = state.pending[:self._max]
         del state.pending[:self._max]
-        assert self._try_run_batch is not None
         loop = asyncio.get_running_loop()
         if self._run(group, self._try_run_batch):
             state.waited = 0.0
@@ -165,9 +159,8 @@ class GroupCommitter:
                 outcomes.append((future, result, None))
 
         def body(cur: Any) -> None:
-            merged = [item for item in batch if item[2] is not None] if self._run_together else []
+            merged = [item for item in batch if item[2] is not None]
             if len(merged) > 1:
-                assert self._run_together is not None
                 cur.execute("SAVEPOINT fhir_merged")
                 try:
                     results = self._run_together([payload for _, _, payload in merged])
